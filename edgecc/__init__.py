@@ -1,0 +1,60 @@
+"""edgecc: compile trained models with TVM Relax into deployable artifacts for edge targets.
+
+The public API is re-exported here. Importing ``edgecc`` (or ``edgecc.runtime``) does not import
+TVM's compiler: compile-side modules import it only when they run.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ArtifactError,
+    EdgeccError,
+    InputError,
+    ModelError,
+    OutputExistsError,
+    TargetError,
+    ToolchainError,
+    UnsupportedOperatorError,
+    VerificationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError", "EdgeccError", "InputError", "ModelError", "OutputExistsError",
+    "TargetError", "ToolchainError", "UnsupportedOperatorError", "VerificationError",
+    "compile", "load", "verify", "get_target", "list_targets", "__version__",
+]
+
+
+def compile(model, **kwargs):  # noqa: A001  (mirrors tvm.compile / the CLI verb)
+    """Compile a model; see :func:`edgecc.compiler.compile_model`."""
+    from .compiler import compile_model  # noqa: PLC0415
+
+    return compile_model(model, **kwargs)
+
+
+def load(path, **kwargs):
+    """Load a compiled artifact directory; see :func:`edgecc.runtime.load`."""
+    from .runtime import load as _load  # noqa: PLC0415
+
+    return _load(path, **kwargs)
+
+
+def verify(artifact, model, **kwargs):
+    """Compare an artifact against ONNX Runtime; see :func:`edgecc.verify.verify_artifact`."""
+    from .verify import verify_artifact  # noqa: PLC0415
+
+    return verify_artifact(artifact, model, **kwargs)
+
+
+def get_target(name):
+    from .targets import get_target as _get  # noqa: PLC0415
+
+    return _get(name)
+
+
+def list_targets():
+    from .targets import list_targets as _list  # noqa: PLC0415
+
+    return _list()

@@ -1,0 +1,246 @@
+"""The ``edgecc`` command line. Each subcommand registers its parser and a thin ``drive_<cmd>``
+that calls the typed API; only :func:`main` exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EdgeccError, InputError, VerificationError
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _progress(name: str, seconds: float) -> None:
+    print(f"[edgecc] {name:<13} {seconds:8.2f} s", file=sys.stderr, flush=True)
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"bad --input-shape {text!r}: expected NAME=d0,d1,... with positive integers, "
+            "e.g. x=1,3,224,224")
+    return name, shape
+
+
+def parse_input_file(text: str) -> tuple[str | None, Path]:
+    """``NAME=file.npy`` or ``file.npz`` (its keys are the input names)."""
+    name, sep, path = text.partition("=")
+    if sep and name and path:
+        return name, Path(path)
+    if text.endswith(".npz"):
+        return None, Path(text)
+    raise argparse.ArgumentTypeError(f"bad --input {text!r}: expected NAME=FILE.npy or FILE.npz")
+
+
+def load_inputs(items: Sequence[tuple[str | None, Path]]) -> dict[str, np.ndarray]:
+    feed: dict[str, np.ndarray] = {}
+    for name, path in items:
+        if not path.is_file():
+            raise InputError(f"input file '{path}' not found")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"input file '{path}' is not a valid .npy/.npz file ({e})") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                feed.update({k: data[k] for k in data.files})
+        else:
+            if name is None:
+                raise InputError(f"'{path}': a .npy input needs a name (NAME={path})")
+            feed[name] = data
+    return feed
+
+
+# ----------------------------------------------------------------------------- compile
+
+
+def register_compile(sub) -> None:
+    p = sub.add_parser("compile", help="compile a model into a deployable artifact directory",
+                       description="Import an ONNX model, run the pass pipeline, build a shared "
+                       "library for the target and write OUT_DIR/model.so + OUT_DIR/model.json.")
+    p.add_argument("model", nargs="?", help="the ONNX model file")
+    p.add_argument("-t", "--target", default="x86_64",
+                   help="named target or raw triple (default: x86_64; see 'edgecc targets')")
+    p.add_argument("-o", "--output", type=Path, help="artifact directory to write")
+    p.add_argument("--input-shape", action="append", type=parse_input_shape, default=[],
+                   metavar="NAME=D0,D1,...", help="pin an input's shape (for dynamic dims); "
+                   "repeatable")
+    p.add_argument("--pipeline", help="pass pipeline (default: by target; see --list-passes)")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                   help="print the IR after this pass ('all' for every pass); repeatable")
+    p.add_argument("--list-passes", action="store_true", help="list passes and pipelines, exit")
+    p.add_argument("-f", "--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--no-cache", action="store_true", help="bypass the compile cache")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(drive=drive_compile)
+
+
+def drive_compile(args) -> int:
+    from .compiler import compile_model  # noqa: PLC0415
+
+    if args.list_passes:
+        from .passes import describe_pipelines  # noqa: PLC0415
+
+        print(describe_pipelines())
+        return 0
+    if not args.model or not args.output:
+        raise EdgeccError("compile needs a MODEL and -o OUT_DIR (see 'edgecc compile --help')")
+    shapes = dict(args.input_shape)
+    result = compile_model(
+        args.model, target=args.target, output=args.output, input_shapes=shapes,
+        pipeline=args.pipeline, print_ir_after=tuple(args.print_ir_after), force=args.force,
+        use_cache=not args.no_cache, on_stage=None if args.quiet else _progress)
+    m = result.manifest
+    if result.cache_note and not args.quiet:
+        print(f"[edgecc] cache entry was corrupt and has been rebuilt: {result.cache_note}",
+              file=sys.stderr)
+    how = "from cache" if result.cached else f"in {sum(result.timings.values()):.2f} s"
+    size = (result.output / m.library).stat().st_size
+    print(f"compiled {m.model_name} for {m.target} ({m.arch}, {m.device}) {how}: "
+          f"{result.output}/{m.library} ({size / 1024:.1f} KiB)")
+    for label, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
+        print(f"  {label}: " + ", ".join(s.describe() for s in specs))
+    return 0
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def register_targets(sub) -> None:
+    p = sub.add_parser("targets", help="list the named targets",
+                       description="List the named targets (one JSON file each under targets/).")
+    p.add_argument("--json", action="store_true", help="print the target files as JSON")
+    p.set_defaults(drive=drive_targets)
+
+
+def drive_targets(args) -> int:
+    import json  # noqa: PLC0415
+
+    from .targets import list_targets  # noqa: PLC0415
+
+    targets = list_targets()
+    if args.json:
+        print(json.dumps([t.to_dict() for t in targets], indent=2))
+        return 0
+    width = max(len(t.name) for t in targets)
+    for t in targets:
+        extra = f" (also: {', '.join(t.aliases)})" if t.aliases else ""
+        print(f"{t.name:<{width}}  {t.arch:<8} {t.kind:<5} {t.description}{extra}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def register_run(sub) -> None:
+    p = sub.add_parser("run", help="run a compiled artifact on this machine",
+                       description="Load OUT_DIR, feed inputs from .npy/.npz files (or random "
+                       "ones), print or save the outputs, optionally benchmark.")
+    p.add_argument("artifact", type=Path, help="artifact directory written by 'edgecc compile'")
+    p.add_argument("-i", "--input", action="append", type=parse_input_file, default=[],
+                   metavar="NAME=FILE.npy", help="an input (or FILE.npz with all of them); "
+                   "repeatable; random inputs when none is given")
+    p.add_argument("-o", "--output", type=Path, help="directory to write NAME.npy outputs to")
+    p.add_argument("--bench", type=int, metavar="REPEAT", default=0,
+                   help="also time REPEAT measurements (mean/p50/p90)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    p.set_defaults(drive=drive_run)
+
+
+def drive_run(args) -> int:
+    from .runtime import load, random_inputs  # noqa: PLC0415
+
+    m = load(args.artifact)
+    feed = load_inputs(args.input) if args.input else random_inputs(m.inputs, seed=args.seed)
+    if not args.input:
+        print("no --input given: using random inputs (seed %d)" % args.seed)
+    outputs = m.run(feed)
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+        for name, arr in outputs.items():
+            np.save(args.output / f"{_safe(name)}.npy", arr)
+        print(f"wrote {len(outputs)} output(s) to {args.output}")
+    for name, arr in outputs.items():
+        flat = arr.reshape(-1)
+        print(f"{name}: {arr.dtype}{list(arr.shape)} first values {np.array2string(flat[:6], precision=5)}")
+    if args.bench:
+        print("latency: " + m.benchmark(feed, repeat=args.bench).format())
+    return 0
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def register_verify(sub) -> None:
+    p = sub.add_parser("verify", help="compare an artifact with ONNX Runtime",
+                       description="Run the same random inputs through ONNX Runtime and the "
+                       "artifact; print max abs/rel error per output; exit 1 over tolerance.")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("model", help="the ONNX model the artifact was compiled from")
+    p.add_argument("--rtol", type=float, default=1e-4,
+                   help="tolerance on max|a-b| / max|reference| (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(drive=drive_verify)
+
+
+def drive_verify(args) -> int:
+    from .verify import verify_artifact  # noqa: PLC0415
+
+    report = verify_artifact(args.artifact, args.model, rtol=args.rtol, seed=args.seed)
+    print(report.format())
+    if not report.passed:
+        raise VerificationError(f"outputs differ from ONNX Runtime beyond rel {args.rtol:g}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+REGISTER = (register_compile, register_targets, register_run, register_verify)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecc", description="Compile trained models (ONNX) with TVM into deployable "
+        "artifacts for edge targets (x86_64, aarch64 boards, CUDA).")
+    parser.add_argument("--version", action="version", version=f"edgecc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in REGISTER:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.drive(args)
+    except EdgeccError as e:
+        _err(str(e))
+        return 1
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

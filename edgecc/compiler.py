@@ -1,0 +1,144 @@
+"""The compile API: import -> passes -> build -> package, with the compile cache in front."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, cache
+from ._util import StageCallback, atomic_dir, check_output_dir, sha256_file, stage
+from .errors import ModelError
+from .manifest import LIBRARY_NAME, Manifest
+from .targets import Target, get_target
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    output: Path
+    manifest: Manifest
+    cached: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_note: str | None = None
+
+
+def _model_source(model, *, example_inputs) -> tuple[str, bytes | None, str]:
+    """(kind, raw bytes or None, display name) without importing TVM."""
+    if isinstance(model, str | Path):
+        p = Path(model)
+        if not p.exists():
+            raise ModelError(f"model file '{p}' not found")
+        if p.is_dir():
+            raise ModelError(f"model path '{p}' is a directory, expected an .onnx file")
+        return "onnx", p.read_bytes(), p.stem
+    if type(model).__name__ == "ModelProto" and hasattr(model, "SerializeToString"):
+        return "onnx", model.SerializeToString(), model.graph.name or "model"
+    if _is_torch_module(model):
+        if example_inputs is None:
+            raise ModelError("compiling a torch.nn.Module needs example_inputs=(tensor, ...)")
+        return "torch", None, type(model).__name__
+    raise ModelError(f"cannot compile a {type(model).__name__}: expected an ONNX file path, "
+                     "an onnx.ModelProto or a torch.nn.Module")
+
+
+def _is_torch_module(obj) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def compile_model(
+    model,
+    *,
+    target: str | Target = "x86_64",
+    output: str | Path,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    example_inputs: Sequence[Any] | None = None,
+    pipeline: str | None = None,
+    print_ir_after: Sequence[str] = (),
+    force: bool = False,
+    use_cache: bool = True,
+    on_stage: StageCallback | None = None,
+    emit_ir: Callable[[str], None] = print,
+) -> CompileResult:
+    """Compile ``model`` for ``target`` into the artifact directory ``output``.
+
+    ``model`` is an ONNX file path, an ``onnx.ModelProto``, or a ``torch.nn.Module`` (then
+    ``example_inputs`` is required). ``output`` receives ``model.so`` (weights baked in) and
+    ``model.json`` (the manifest). The directory is written atomically: a failed compile leaves
+    nothing behind. ``on_stage(name, seconds)`` is called as each stage finishes.
+    """
+    from . import passes  # noqa: PLC0415  (no TVM import at module level)
+
+    output = Path(output)
+    tgt = target if isinstance(target, Target) else get_target(target)
+    check_output_dir(output, force=force)
+    from .build import check_toolchain  # noqa: PLC0415
+
+    check_toolchain(tgt)
+    pipeline_name = pipeline or passes.default_pipeline(tgt)
+    pass_names = passes.resolve(pipeline_name, tgt)
+    passes.check_pass_names(print_ir_after)
+    shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    kind, raw, name = _model_source(model, example_inputs=example_inputs)
+
+    timings: dict[str, float] = {}
+
+    def timed(stage_name: str, seconds: float) -> None:
+        timings[stage_name] = seconds
+        if on_stage is not None:
+            on_stage(stage_name, seconds)
+
+    key = None
+    note = None
+    if use_cache and raw is not None and not print_ir_after:
+        import hashlib  # noqa: PLC0415
+
+        options = {"input_shapes": {k: list(v) for k, v in sorted(shapes.items())},
+                   "pipeline": list(pass_names)}
+        key = cache.cache_key(model_sha256=hashlib.sha256(raw).hexdigest(),
+                              target=tgt.to_dict(), options=options,
+                              edgecc_version=__version__)
+        with stage("cache-lookup", timed):
+            hit, note = cache.lookup(key)
+            if hit is not None:
+                cache.copy_out(hit, output, force=force)
+        if hit is not None:
+            return CompileResult(output=output, manifest=Manifest.read(output), cached=True,
+                                 timings=timings)
+
+    from . import frontend  # noqa: PLC0415
+    from .build import build_library  # noqa: PLC0415
+
+    with atomic_dir(output, force=force) as tmp:
+        with stage("import", timed):
+            if kind == "onnx":
+                proto = frontend.parse_onnx_bytes(raw, source=str(model) if isinstance(
+                    model, str | Path) else name)
+                imported = frontend.import_onnx(proto, raw=raw, name=name, input_shapes=shapes)
+            else:
+                if shapes:
+                    raise ModelError("--input-shape is for ONNX models; a torch module takes "
+                                     "its shapes from example_inputs")
+                imported = frontend.import_torch(model, example_inputs, name=name)
+        with stage("passes", timed):
+            lowered = passes.apply(imported.mod, pass_names, target=tgt,
+                                   print_ir_after=print_ir_after, emit=emit_ir)
+        with stage("build", timed):
+            result = build_library(lowered, tgt, tmp)
+        with stage("export", timed):
+            manifest = Manifest(
+                model_name=imported.name, model_sha256=imported.sha256, target=tgt.name,
+                arch=tgt.arch, device=tgt.device, tvm_target=tgt.target_json(),
+                tvm_version=cache.tvm_version(), edgecc_version=__version__,
+                inputs=imported.inputs, outputs=imported.outputs, passes=pass_names,
+                library=LIBRARY_NAME, library_sha256=sha256_file(result.library),
+                options={"pipeline": pipeline_name,
+                         "cuda_fatbin": result.cuda_fatbin.name if result.cuda_fatbin else None},
+            )
+            manifest.write(tmp)
+    if key is not None:
+        cache.store(key, output)
+    return CompileResult(output=output, manifest=manifest, cached=False, timings=timings,
+                         cache_note=note)

@@ -1,0 +1,243 @@
+"""Import stage: an ONNX file / ``onnx.ModelProto`` / ``torch.nn.Module`` becomes a Relax IRModule.
+
+Weights become constants of the module (``keep_params_in_input=False``) so they are baked into the
+compiled library. Torch modules go through ``torch.export`` and Relax's exported-program frontend
+(not through an ONNX round trip): it keeps the real aten semantics, needs no ONNX exporter and the
+result is checked against PyTorch itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError, UnsupportedOperatorError
+from .manifest import TensorSpec
+
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    mod: Any  # tvm.IRModule
+    name: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    source: str  # "onnx" or "torch"
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+def read_onnx(path: str | os.PathLike) -> tuple[Any, bytes]:
+    """Read and validate an ONNX file; returns (ModelProto, raw bytes)."""
+    import onnx  # noqa: PLC0415
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file '{p}' not found")
+    if p.is_dir():
+        raise ModelError(f"model path '{p}' is a directory, expected an .onnx file")
+    data = p.read_bytes()
+    if not data:
+        raise ModelError(f"model file '{p}' is empty")
+    return parse_onnx_bytes(data, source=str(p)), data
+
+
+def parse_onnx_bytes(data: bytes, *, source: str):
+    import onnx  # noqa: PLC0415
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ModelError(f"'{source}' is not a valid ONNX model (cannot parse: {e})") from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelError(f"'{source}' is not a valid ONNX model (no graph or no nodes; "
+                         "truncated or not an ONNX file?)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"'{source}' is not a valid ONNX model (truncated or corrupt?): "
+                         f"{first}") from None
+    return model
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)
+
+
+def find_unsupported_ops(model) -> dict[str, list[str]]:
+    """All operator types the Relax ONNX importer cannot convert, with the nodes that use them."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map  # noqa: PLC0415
+
+    supported = set(_get_convert_map()) | {"Constant", "If"}
+    bad: dict[str, list[str]] = {}
+    for i, node in enumerate(_all_nodes(model.graph)):
+        domain = node.domain or ""
+        op = node.op_type if domain in ("", "ai.onnx") else f"{domain}::{node.op_type}"
+        if domain not in ("", "ai.onnx") or node.op_type not in supported:
+            bad.setdefault(op, []).append(node.name or f"#{i}")
+    return bad
+
+
+def _onnx_inputs(model) -> list[tuple[str, list[int | str | None], str]]:
+    init = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        tt = vi.type.tensor_type
+        dtype = _ONNX_DTYPES.get(tt.elem_type)
+        if dtype is None:
+            raise ModelError(f"input '{vi.name}' has an unsupported element type "
+                             f"({tt.elem_type}); supported: {', '.join(_ONNX_DTYPES.values())}")
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        out.append((vi.name, dims, dtype))
+    return out
+
+
+def resolve_input_shapes(
+    declared: Sequence[tuple[str, list[int | str | None], str]],
+    pinned: Mapping[str, Sequence[int]],
+) -> dict[str, tuple[int, ...]]:
+    """Static shapes for every input: declared ones, overridden by ``pinned``; dynamic dims must
+    be pinned."""
+    names = [n for n, _, _ in declared]
+    unknown = sorted(set(pinned) - set(names))
+    if unknown:
+        raise ModelError(f"--input-shape names unknown input(s) {', '.join(unknown)}; "
+                         f"the model's inputs are: {', '.join(names)}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    dynamic = []
+    for name, dims, _ in declared:
+        if name in pinned:
+            shape = tuple(int(s) for s in pinned[name])
+            if len(shape) != len(dims):
+                raise ModelError(f"--input-shape {name}: rank {len(shape)} given but the model "
+                                 f"declares rank {len(dims)} ({_fmt_dims(dims)})")
+            for s, d in zip(shape, dims, strict=True):
+                if s <= 0:
+                    raise ModelError(f"--input-shape {name}: dimensions must be positive")
+                if isinstance(d, int) and d != s:
+                    raise ModelError(f"--input-shape {name}={_fmt_dims(list(shape))} conflicts with "
+                                     f"the model's fixed shape {_fmt_dims(dims)}")
+            shapes[name] = shape
+        elif any(not isinstance(d, int) for d in dims):
+            dynamic.append(f"{name} [{_fmt_dims(dims)}]")
+        else:
+            shapes[name] = tuple(dims)  # type: ignore[arg-type]
+    if dynamic:
+        raise ModelError("input(s) with dynamic dimensions: " + ", ".join(dynamic)
+                         + "; pin them with --input-shape NAME=d0,d1,... "
+                         "(API: input_shapes={'NAME': (d0, d1, ...)})")
+    return shapes
+
+
+def _fmt_dims(dims) -> str:
+    return ",".join("?" if d is None else str(d) for d in dims)
+
+
+def import_onnx(model, *, raw: bytes, name: str,
+                input_shapes: Mapping[str, Sequence[int]]) -> ImportedModel:
+    from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415
+
+    bad = find_unsupported_ops(model)
+    if bad:
+        raise UnsupportedOperatorError(bad)
+    declared = _onnx_inputs(model)
+    shapes = resolve_input_shapes(declared, input_shapes)
+    dtypes = {n: dt for n, _, dt in declared}
+    try:
+        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    except Exception as e:  # the importer raises many types for model-side problems
+        raise ModelError(f"TVM's ONNX importer could not convert '{name}': "
+                         f"{type(e).__name__}: {_first_line(e)}") from e
+    inputs = tuple(TensorSpec(n, shapes[n], dtypes[n]) for n, _, _ in declared)
+    out_names = [o.name for o in model.graph.output]
+    return ImportedModel(mod=mod, name=name, sha256=hashlib.sha256(raw).hexdigest(),
+                         inputs=inputs, outputs=_output_specs(mod, out_names), source="onnx")
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    lines = [ln for ln in s.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _ret_leaves(mod) -> list:
+    from tvm import relax  # noqa: PLC0415
+
+    ret = mod["main"].ret_ty
+    return list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+
+
+def _output_specs(mod, names: Sequence[str]) -> tuple[TensorSpec, ...]:
+    from tvm import relax  # noqa: PLC0415
+
+    leaves = _ret_leaves(mod)
+    specs = []
+    for i, sinfo in enumerate(leaves):
+        if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+            raise ModelError(f"output #{i} has no static tensor shape after import")
+        try:
+            shape = tuple(int(s) for s in sinfo.shape.values)
+        except TypeError:
+            raise ModelError(f"output #{i} has a dynamic shape ({sinfo.shape}); "
+                             "pin the input shapes with --input-shape") from None
+        name = names[i] if i < len(names) else f"output{i}"
+        specs.append(TensorSpec(name, shape, str(sinfo.dtype)))
+    return tuple(specs)
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def import_torch(module, example_inputs: Sequence[Any], *, name: str) -> ImportedModel:
+    import torch  # noqa: PLC0415
+    from tvm.relax.frontend.torch import from_exported_program  # noqa: PLC0415
+
+    if not isinstance(example_inputs, tuple | list) or not example_inputs:
+        raise ModelError("a torch.nn.Module needs example_inputs: a tuple of example tensors")
+    example = tuple(example_inputs)
+    module = module.eval()
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module, example)
+    except Exception as e:
+        raise ModelError(f"torch.export could not trace the module: {type(e).__name__}: "
+                         f"{_first_line(e)}") from e
+    try:
+        mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+    except Exception as e:
+        raise ModelError(f"TVM's exported-program importer could not convert the module: "
+                         f"{type(e).__name__}: {_first_line(e)}") from e
+    in_names = [s.arg.name for s in ep.graph_signature.input_specs
+                if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    inputs = tuple(TensorSpec(n, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+                   for n, t in zip(in_names, example, strict=True))
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(str(ep.graph).encode())
+    outputs = _output_specs(mod, [f"output{i}" for i in range(len(_ret_leaves(mod)))])
+    return ImportedModel(mod=mod, name=name, sha256=h.hexdigest(), inputs=inputs,
+                         outputs=outputs, source="torch")

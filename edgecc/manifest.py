@@ -1,0 +1,98 @@
+"""The artifact manifest (``model.json``): the one definition both the compiler writes and every
+runtime (the Python loader, the native loader) reads and validates. No TVM imports here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+FORMAT = "edgecc-artifact"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "model.json"
+LIBRARY_NAME = "model.so"
+DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_name: str
+    model_sha256: str
+    target: str
+    arch: str
+    device: str
+    tvm_target: dict[str, Any]
+    tvm_version: str
+    edgecc_version: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    passes: tuple[str, ...]
+    library: str = LIBRARY_NAME
+    library_sha256: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        for key in ("inputs", "outputs"):
+            d[key] = [{"name": t["name"], "shape": list(t["shape"]), "dtype": t["dtype"]}
+                      for t in d[key]]
+        d["passes"] = list(self.passes)
+        return json.dumps(d, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "manifest") -> Manifest:
+        if d.get("format") != FORMAT:
+            raise ArtifactError(f"{source}: not an edgecc manifest (format={d.get('format')!r})")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{source}: manifest format_version {d.get('format_version')} is "
+                                f"not supported (this edgecc reads {FORMAT_VERSION})")
+        try:
+            specs = {k: tuple(_spec(t, source) for t in d[k]) for k in ("inputs", "outputs")}
+            fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+            fields.update(specs, passes=tuple(d["passes"]))
+            m = cls(**fields)
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{source}: malformed manifest ({e})") from None
+        if m.device not in ("cpu", "cuda"):
+            raise ArtifactError(f"{source}: unknown device {m.device!r}")
+        return m
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Manifest:
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise ArtifactError(f"{directory}: no {MANIFEST_NAME} (not an edgecc artifact directory)")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source=str(path))
+
+    def write(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(self.to_json())
+        return path
+
+
+def _spec(t: dict[str, Any], source: str) -> TensorSpec:
+    shape = tuple(int(s) for s in t["shape"])
+    if any(s < 0 for s in shape):
+        raise ArtifactError(f"{source}: tensor {t['name']!r} has a negative dimension")
+    if t["dtype"] not in DTYPES:
+        raise ArtifactError(f"{source}: tensor {t['name']!r} has unsupported dtype {t['dtype']!r}")
+    return TensorSpec(name=str(t["name"]), shape=shape, dtype=str(t["dtype"]))

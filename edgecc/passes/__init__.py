@@ -1,0 +1,98 @@
+"""Passes and pipelines.
+
+A pass is a small pure function ``run(mod, *, target) -> IRModule`` in a file of its own; it is
+registered here as a ``PassInfo``. A pipeline is data: a named tuple of pass names. ``apply``
+runs a pipeline one pass at a time, so any step's IR can be printed (``--print-ir-after``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EdgeccError
+from ..targets import Target
+from . import (
+    annotate_patterns,
+    canonicalize,
+    decompose_inference,
+    dispatch_library,
+    fold_constant,
+    fuse,
+    gpu_schedule,
+    legalize,
+    lower_dataflow,
+    plan_memory,
+    vm_lower,
+)
+
+PassFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    description: str
+    run: PassFn
+
+
+PASSES: dict[str, PassInfo] = {
+    m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
+    for m in (decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
+              annotate_patterns, fuse, gpu_schedule, lower_dataflow, plan_memory, vm_lower)
+}
+
+_FRONT = ("decompose-inference", "canonicalize", "fold-constant")
+_LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
+PIPELINES: dict[str, tuple[str, ...]] = {
+    "cpu-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
+                             "fold-constant", "fuse") + _LOWER,
+    "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
+                              "fold-constant", "fuse", "gpu-schedule") + _LOWER,
+}
+
+
+def default_pipeline(target: Target) -> str:
+    return "cuda-default" if target.is_gpu else "cpu-default"
+
+
+def resolve(pipeline: str, target: Target) -> tuple[str, ...]:
+    if pipeline not in PIPELINES:
+        raise EdgeccError(f"unknown pipeline {pipeline!r}; known: {', '.join(PIPELINES)}")
+    names = PIPELINES[pipeline]
+    if target.is_gpu and "gpu-schedule" not in names:
+        raise EdgeccError(f"pipeline {pipeline!r} has no gpu-schedule pass; a CUDA target "
+                          "needs one (use cuda-default)")
+    return names
+
+
+def check_pass_names(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in PASSES and n != "all"]
+    if unknown:
+        raise EdgeccError(f"unknown pass name(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(PASSES)} (or 'all')")
+
+
+def apply(mod, names: Sequence[str], *, target: Target,
+          print_ir_after: Sequence[str] = (), emit: Callable[[str], None] = print):
+    """Run the passes ``names`` in order under the target and opt_level=3."""
+    import tvm  # noqa: PLC0415
+
+    check_pass_names(print_ir_after)
+    tvm_target = target.to_tvm()
+    with tvm_target, tvm.transform.PassContext(opt_level=3):
+        for name in names:
+            mod = PASSES[name].run(mod, target=tvm_target)
+            if name in print_ir_after or "all" in print_ir_after:
+                emit(f"# ---- IR after {name} ----\n{mod.script(show_meta=False)}")
+    return mod
+
+
+def describe_pipelines() -> str:
+    lines = ["passes:"]
+    width = max(len(n) for n in PASSES)
+    lines += [f"  {p.name:<{width}}  {p.description}" for p in PASSES.values()]
+    lines.append("pipelines:")
+    lines += [f"  {name}: {' -> '.join(steps)}" for name, steps in PIPELINES.items()]
+    return "\n".join(lines)

@@ -1,0 +1,12 @@
+"""Evaluate subgraphs whose inputs are all constants (weights) at compile time."""
+
+from __future__ import annotations
+
+NAME = "fold-constant"
+DESCRIPTION = "Evaluate subgraphs whose inputs are all constants (weights) at compile time."
+
+
+def run(mod, *, target):
+    from tvm import relax
+
+    return relax.transform.FoldConstant()(mod)

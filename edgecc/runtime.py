@@ -1,0 +1,223 @@
+"""The loader a device uses: ``m = edgecc.runtime.load(dir); outputs = m.run({...})``.
+
+It needs only the TVM *runtime*: ``tvm_ffi`` plus ``libtvm_runtime.so`` loaded through ctypes.
+It never imports ``tvm`` (whose package import pulls the compiler, ``tvm.relax``, ``tvm.s_tir``)
+for CPU artifacts. Inputs are checked against the manifest before anything runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import platform
+import statistics
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError, InputError
+from .manifest import Manifest, TensorSpec
+
+# tvm_ffi imports torch (when installed) to speed up torch<->dlpack exchange; a device runtime
+# has no use for that, so unless the caller already chose, skip it.
+os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+
+_KDL_CPU, _KDL_CUDA = 1, 2
+ALIGNMENT = 64
+_POOLED_ALLOCATOR = 2
+_MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+_runtime_lib: ctypes.CDLL | None = None
+
+
+def runtime_library_path() -> Path:
+    """libtvm_runtime.so: ``$EDGECC_TVM_RUNTIME`` or the one inside the installed tvm wheel."""
+    if os.environ.get("EDGECC_TVM_RUNTIME"):
+        return Path(os.environ["EDGECC_TVM_RUNTIME"])
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError("the TVM runtime library was not found: install apache-tvm or set "
+                            "EDGECC_TVM_RUNTIME to the path of libtvm_runtime.so")
+    return Path(next(iter(spec.submodule_search_locations))) / "lib" / "libtvm_runtime.so"
+
+
+def _ensure_runtime() -> None:
+    global _runtime_lib
+    if _runtime_lib is None:
+        import tvm_ffi  # noqa: F401, PLC0415  (loads libtvm_ffi.so, which the runtime links to)
+
+        path = runtime_library_path()
+        if not path.is_file():
+            raise ArtifactError(f"the TVM runtime library {path} does not exist")
+        _runtime_lib = ctypes.CDLL(str(path), ctypes.RTLD_GLOBAL)
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    repeat: int
+    number: int
+
+    def format(self) -> str:
+        return (f"mean {self.mean_ms:.3f} ms  p50 {self.p50_ms:.3f} ms  p90 {self.p90_ms:.3f} ms  "
+                f"std {self.std_ms:.3f} ms  (min {self.min_ms:.3f}, max {self.max_ms:.3f}; "
+                f"{self.repeat} repeats x {self.number} runs)")
+
+
+def summarize(times_s: list[float], *, number: int) -> BenchmarkResult:
+    ms = sorted(t * 1e3 for t in times_s)
+    return BenchmarkResult(
+        mean_ms=statistics.fmean(ms), p50_ms=float(np.percentile(ms, 50)),
+        p90_ms=float(np.percentile(ms, 90)),
+        std_ms=statistics.pstdev(ms) if len(ms) > 1 else 0.0,
+        min_ms=ms[0], max_ms=ms[-1], repeat=len(ms), number=number)
+
+
+def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> list[np.ndarray]:
+    """Arrays in manifest order, or an InputError naming every mismatch."""
+    names = [s.name for s in specs]
+    problems = []
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        problems.append(f"missing input(s) {', '.join(missing)}")
+    unknown = [n for n in inputs if n not in names]
+    if unknown:
+        problems.append(f"unknown input(s) {', '.join(unknown)}")
+    arrays = []
+    for spec in specs:
+        if spec.name not in inputs:
+            continue
+        a = np.asarray(inputs[spec.name])
+        if tuple(a.shape) != spec.shape:
+            problems.append(f"input {spec.name!r} has shape {tuple(a.shape)}, expected "
+                            f"{spec.shape}")
+        if str(a.dtype) != spec.dtype:
+            problems.append(f"input {spec.name!r} has dtype {a.dtype}, expected {spec.dtype}")
+        arrays.append(np.ascontiguousarray(a))
+    if problems:
+        raise InputError("; ".join(problems) + " (the model takes: "
+                         + ", ".join(s.describe() for s in specs) + ")")
+    return arrays
+
+
+def aligned(a: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
+    """``a`` itself when contiguous and aligned, else an aligned copy. TVM kernels assume
+    64-byte aligned buffers (they use aligned vector loads); numpy only guarantees 16."""
+    if a.flags.c_contiguous and a.ctypes.data % alignment == 0:
+        return a
+    buf = np.empty(a.nbytes + alignment, dtype=np.uint8)
+    offset = (-buf.ctypes.data) % alignment
+    out = buf[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def random_inputs(specs: tuple[TensorSpec, ...], *, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in specs:
+        if s.dtype.startswith("float"):
+            out[s.name] = rng.standard_normal(s.shape).astype(s.dtype)
+        elif s.dtype == "bool":
+            out[s.name] = rng.integers(0, 2, s.shape).astype(bool)
+        else:
+            out[s.name] = rng.integers(0, 10, s.shape).astype(s.dtype)
+    return out
+
+
+class Model:
+    """A loaded artifact. Not thread-safe: one ``run`` at a time per Model."""
+
+    def __init__(self, directory: Path, manifest: Manifest, *, num_threads: int | None = None):
+        self.directory = directory
+        self.manifest = manifest
+        if num_threads is not None:
+            os.environ["TVM_NUM_THREADS"] = str(num_threads)
+        _ensure_runtime()
+        import tvm_ffi  # noqa: PLC0415
+
+        self._ffi = tvm_ffi
+        self._lib = tvm_ffi.load_module(str(directory / manifest.library))
+        self._vm = self._lib["vm_load_executable"]()
+        self._dev_type = _KDL_CUDA if manifest.device == "cuda" else _KDL_CPU
+        self._vm["vm_initialization"](self._dev_type, 0, _POOLED_ALLOCATOR,
+                                      _KDL_CPU, 0, _POOLED_ALLOCATOR)
+        self._main = self._vm["main"]
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.outputs
+
+    def _args(self, inputs: Mapping[str, Any]):
+        return [self._ffi.from_dlpack(aligned(a))
+                for a in check_inputs(self.manifest.inputs, inputs)]
+
+    def run(self, inputs: Mapping[str, Any] | None = None, /, **named: Any) -> dict[str, np.ndarray]:
+        """Run once; inputs by name (a mapping or keywords). Returns outputs by name."""
+        feed = dict(inputs or {}, **named)
+        result = self._main(*self._args(feed))
+        leaves = list(result) if isinstance(result, list | tuple | self._ffi.Array) else [result]
+        if len(leaves) != len(self.manifest.outputs):
+            raise ArtifactError(f"the library returned {len(leaves)} outputs, the manifest "
+                                f"lists {len(self.manifest.outputs)}")
+        return {spec.name: np.from_dlpack(t).copy()
+                for spec, t in zip(self.manifest.outputs, leaves, strict=True)}
+
+    def benchmark(self, inputs: Mapping[str, Any] | None = None, *, repeat: int = 30,
+                  number: int = 0, min_repeat_ms: int = 50) -> BenchmarkResult:
+        """Time ``main`` with TVM's time evaluator: ``repeat`` measurements, each the mean of
+        ``number`` runs (0: as many as fill ``min_repeat_ms``). Random inputs if none given."""
+        if repeat < 1:
+            raise InputError("repeat must be at least 1")
+        feed = inputs if inputs is not None else random_inputs(self.manifest.inputs)
+        args = self._args(feed)
+        self._vm["save_function"]("main", "__edgecc_bench", 0, *args)
+        n = max(number, 1)
+        evaluator = self._ffi.get_global_func("runtime.RPCTimeEvaluator")(
+            self._vm, "__edgecc_bench", self._dev_type, 0, n, repeat,
+            0 if number else min_repeat_ms, 100, 0, 1, 0, "")
+        blob = evaluator()
+        times = list(struct.unpack("@" + "d" * repeat, bytes(blob)))
+        return summarize(times, number=n)
+
+
+def load(directory: str | os.PathLike, *, num_threads: int | None = None) -> Model:
+    """Load an artifact directory written by ``edgecc compile``."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ArtifactError(f"artifact directory '{d}' does not exist")
+    manifest = Manifest.read(d)
+    if not (d / manifest.library).is_file():
+        raise ArtifactError(f"{d}: {manifest.library} is missing")
+    here = _MACHINE_ARCH.get(platform.machine().lower(), platform.machine())
+    if manifest.arch != here:
+        raise ArtifactError(f"artifact '{d}' was compiled for {manifest.arch} (target "
+                            f"{manifest.target}); this machine is {here}. Copy it to a "
+                            f"{manifest.arch} device, or use 'edgecc package' for a bundle")
+    if manifest.device == "cuda":
+        _require_gpu(manifest)
+    return Model(d, manifest, num_threads=num_threads)
+
+
+def _require_gpu(manifest: Manifest) -> None:
+    _ensure_runtime()
+    spec = importlib.util.find_spec("tvm")
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib" / "libtvm_runtime_cuda.so"
+    try:
+        ctypes.CDLL(str(lib), ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        raise ArtifactError(f"artifact for {manifest.target} needs a CUDA GPU and driver; "
+                            f"none is usable here ({e})") from None

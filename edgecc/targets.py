@@ -1,0 +1,142 @@
+"""Named targets: one JSON file per target under ``targets/`` (data, not code).
+
+A target file holds the TVM target dict, an optional host target dict (for GPU targets), the
+CPU architecture of the device, the cross compiler that links its shared library (and the Debian
+package that provides it) and a one-line description. Raw triples map to a named default through
+the ``aliases`` lists. Nothing here imports TVM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import TargetError
+
+ROOT = Path(__file__).resolve().parent.parent
+_KNOWN_ARCHS = ("x86_64", "aarch64")
+_REQUIRED = ("name", "description", "arch", "tvm_target")
+
+
+def targets_dir() -> Path:
+    return Path(os.environ.get("EDGECC_TARGETS_DIR", ROOT / "targets"))
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    arch: str
+    tvm_target: MappingProxyType
+    host: MappingProxyType | None = None
+    cross_compiler: str | None = None
+    cross_package: str | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def kind(self) -> str:
+        return self.tvm_target["kind"]
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "cuda"
+
+    @property
+    def device(self) -> str:
+        """The runtime device the artifact runs on ("cpu" or "cuda")."""
+        return "cuda" if self.is_gpu else "cpu"
+
+    def target_json(self) -> dict[str, Any]:
+        """The TVM target as a plain dict, host folded in (what ``tvm.target.Target`` takes)."""
+        d = _thaw(self.tvm_target)
+        if self.host is not None:
+            d["host"] = _thaw(self.host)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "description": self.description, "arch": self.arch,
+            "tvm_target": _thaw(self.tvm_target),
+            "host": _thaw(self.host) if self.host is not None else None,
+            "cross_compiler": self.cross_compiler, "cross_package": self.cross_package,
+            "aliases": list(self.aliases),
+        }
+
+    def to_tvm(self):
+        """The ``tvm.target.Target`` (imports TVM)."""
+        import tvm  # noqa: PLC0415  (compiler side only)
+
+        return tvm.target.Target(self.target_json())
+
+
+def _freeze(d: Any) -> Any:
+    if isinstance(d, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in d.items()})
+    if isinstance(d, list):
+        return tuple(_freeze(v) for v in d)
+    return d
+
+
+def _thaw(d: Any) -> Any:
+    if isinstance(d, MappingProxyType | dict):
+        return {k: _thaw(v) for k, v in d.items()}
+    if isinstance(d, tuple):
+        return [_thaw(v) for v in d]
+    return d
+
+
+def parse_target(data: dict[str, Any], *, source: str) -> Target:
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise TargetError(f"{source}: missing field(s) {', '.join(missing)}")
+    if data["arch"] not in _KNOWN_ARCHS:
+        raise TargetError(f"{source}: arch must be one of {', '.join(_KNOWN_ARCHS)}, "
+                          f"got {data['arch']!r}")
+    tt = data["tvm_target"]
+    if not isinstance(tt, dict) or "kind" not in tt:
+        raise TargetError(f"{source}: tvm_target must be a dict with a 'kind'")
+    return Target(
+        name=data["name"], description=data["description"], arch=data["arch"],
+        tvm_target=_freeze(tt), host=_freeze(data["host"]) if data.get("host") else None,
+        cross_compiler=data.get("cross_compiler"), cross_package=data.get("cross_package"),
+        aliases=tuple(data.get("aliases", ())),
+    )
+
+
+@cache
+def _load_all(directory: str) -> dict[str, Target]:
+    out: dict[str, Target] = {}
+    d = Path(directory)
+    if not d.is_dir():
+        raise TargetError(f"targets directory {d} does not exist")
+    for f in sorted(d.glob("*.json")):
+        try:
+            data = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise TargetError(f"{f}: not valid JSON ({e})") from None
+        t = parse_target(data, source=str(f))
+        if t.name != f.stem:
+            raise TargetError(f"{f}: name {t.name!r} does not match the file name")
+        out[t.name] = t
+    return out
+
+
+def list_targets() -> list[Target]:
+    return list(_load_all(str(targets_dir())).values())
+
+
+def get_target(name: str) -> Target:
+    """A named target or a raw triple (``aarch64-linux-gnu``) mapped to its default."""
+    targets = _load_all(str(targets_dir()))
+    if name in targets:
+        return targets[name]
+    for t in targets.values():
+        if name in t.aliases:
+            return t
+    raise TargetError(f"unknown target {name!r}; known targets: {', '.join(sorted(targets))} "
+                      "(see 'edgecc targets')")

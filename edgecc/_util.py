@@ -49,6 +49,9 @@ def atomic_dir(final: Path, *, force: bool) -> Iterator[Path]:
     check_output_dir(final, force=force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         yield tmp
         if final.exists():

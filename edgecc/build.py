@@ -78,6 +78,28 @@ def build_library(mod, target: Target, out_dir: Path) -> BuildResult:
     return BuildResult(library=lib, cuda_fatbin=fatbin)
 
 
+FATBIN_MAGIC = 0xBA55ED50
+FATBIN_KIND = {1: "ptx", 2: "cubin"}
+
+
+def fatbin_entries(data: bytes) -> list[tuple[str, int]]:
+    """(kind, sm) of every entry of a CUDA fatbin: e.g. [("cubin", 87)]."""
+    import struct  # noqa: PLC0415
+
+    if len(data) < 16:
+        raise ValueError("not a CUDA fatbin: too short")
+    magic, _version, header, body = struct.unpack_from("<IHHQ", data, 0)
+    if magic != FATBIN_MAGIC:
+        raise ValueError("not a CUDA fatbin: bad magic")
+    entries, off, end = [], header, header + body
+    while off + 48 <= min(end, len(data)):
+        kind, _, entry_header, size = struct.unpack_from("<HHIQ", data, off)
+        sm = struct.unpack_from("<I", data, off + 28)[0]
+        entries.append((FATBIN_KIND.get(kind, str(kind)), sm))
+        off += entry_header + size
+    return entries
+
+
 def _cuda_modules(module):
     if module.kind == "cuda":
         yield module

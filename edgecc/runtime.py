@@ -205,8 +205,8 @@ def load(directory: str | os.PathLike, *, num_threads: int | None = None) -> Mod
     here = _MACHINE_ARCH.get(platform.machine().lower(), platform.machine())
     if manifest.arch != here:
         raise ArtifactError(f"artifact '{d}' was compiled for {manifest.arch} (target "
-                            f"{manifest.target}); this machine is {here}. Copy it to a "
-                            f"{manifest.arch} device, or use 'edgecc package' for a bundle")
+                            f"{manifest.target}); this machine is {here}: run it on an "
+                            f"{manifest.arch} device")
     if manifest.device == "cuda":
         _require_gpu(manifest)
     return Model(d, manifest, num_threads=num_threads)

@@ -1,0 +1,146 @@
+"""Small real model architectures with fixed seeds (random weights), used by the examples,
+tests and benchmarks. Shapes are small so that everything runs in seconds on 2 cores."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.use_res else y
+
+
+class MobileNetV2Small(nn.Module):
+    """MobileNetV2-style: stem, inverted residual blocks with depthwise convs, pool, classifier."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        cfg = [(16, 1, 1), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (64, 2, 6), (96, 1, 6)]
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                   nn.ReLU6()]
+        cin = 16
+        for cout, stride, expand in cfg:
+            layers.append(InvertedResidual(cin, cout, stride, expand))
+            cin = cout
+        layers += [nn.Conv2d(cin, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(256, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                      nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet18Small(nn.Module):
+    """ResNet-18-style: 7x7 stem + maxpool, 4 stages x 2 basic blocks, pool, classifier."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], width
+        for i, cout in enumerate((width, width * 2, width * 4, width * 8)):
+            stride = 1 if i == 0 else 2
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class MLP(nn.Module):
+    def __init__(self, din: int = 256, hidden: int = 512, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(din, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class EncoderBlock(nn.Module):
+    """A pre-norm transformer encoder block: multi-head self-attention + GELU feed-forward."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, ff: int = 128):
+        super().__init__()
+        self.heads, self.dh = heads, dim // heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff), nn.GELU(), nn.Linear(ff, dim))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, t, 3, self.heads, self.dh).permute(
+            2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.dh), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(y)
+        return x + self.ff(self.ln2(x))
+
+
+# name -> (constructor, example input shape)
+MODELS = {
+    "mobilenetv2": (MobileNetV2Small, (1, 3, 96, 96)),
+    "resnet18": (ResNet18Small, (1, 3, 96, 96)),
+    "mlp": (MLP, (1, 256)),
+    "transformer": (EncoderBlock, (1, 32, 64)),
+}
+
+
+def build(name: str, *, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """The model (eval mode, seeded weights and BN statistics) and a seeded example input."""
+    ctor, shape = MODELS[name]
+    torch.manual_seed(seed)
+    model = ctor().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so folding/decomposition is exercised
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model, torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 1))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"],
+                          output_names=["output"], opset_version=17)

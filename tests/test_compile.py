@@ -1,0 +1,125 @@
+import time
+
+import numpy as np
+import pytest
+from conftest import make_conv_model, make_two_output_model, ort_run, rel_err
+
+import edgecc
+from edgecc import ModelError, OutputExistsError, cache
+from edgecc.passes import PIPELINES, apply
+from edgecc.runtime import load, random_inputs
+from edgecc.targets import get_target
+
+
+def test_compile_writes_library_and_manifest_and_matches_ort(tmp_path, conv_onnx):
+    stages = []
+    r = edgecc.compile(conv_onnx, target="x86_64", output=tmp_path / "out",
+                       on_stage=lambda name, s: stages.append(name))
+    assert not r.cached
+    assert stages == ["cache-lookup", "import", "passes", "build", "export"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "model.so"]
+    m = r.manifest
+    assert m.target == "x86_64" and m.arch == "x86_64" and m.device == "cpu"
+    assert m.tvm_version.startswith("0.27") and len(m.model_sha256) == 64
+    assert m.passes == PIPELINES["cpu-default"]
+    assert [s.describe() for s in m.inputs] == ["x: float32[1,3,16,16]"]
+    assert [s.describe() for s in m.outputs] == ["y: float32[1,8,16,16]"]
+    feed = random_inputs(m.inputs, seed=3)
+    got = load(tmp_path / "out").run(feed)["y"]
+    assert rel_err(got, ort_run(conv_onnx, feed)[0]) <= 1e-4
+
+
+def test_multiple_outputs_keep_their_names(tmp_path):
+    model = make_two_output_model()
+    r = edgecc.compile(model, output=tmp_path / "o")
+    out = load(tmp_path / "o").run(x=np.arange(8, dtype="float32").reshape(2, 4))
+    ref = ort_run(model, {"x": np.arange(8, dtype="float32").reshape(2, 4)})
+    assert list(out) == ["sum", "prod"] == [s.name for s in r.manifest.outputs]
+    np.testing.assert_allclose(out["sum"], ref[0])
+    np.testing.assert_allclose(out["prod"], ref[1])
+
+
+def test_lowered_ir_has_no_batch_norm_and_is_fused():
+    imported = edgecc.frontend.import_onnx(make_conv_model(), raw=b"", name="m",
+                                           input_shapes={})
+    assert "batch_norm" in imported.mod.script()
+    tgt = get_target("x86_64")
+    fused = apply(imported.mod, PIPELINES["cpu-default"][:8], target=tgt)
+    text = fused.script()
+    assert "batch_norm" not in text
+    prim_funcs = [gv.name_hint for gv, f in fused.functions.items()
+                  if type(f).__name__ == "PrimFunc"]
+    # conv + bias + batch-norm arithmetic + relu fuse into one kernel
+    assert len(prim_funcs) == 1, prim_funcs
+    assert text.count("R.call_tir(") == 1
+
+
+def test_existing_output_refused_then_forced(tmp_path, conv_onnx):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        edgecc.compile(conv_onnx, output=out)
+    assert (out / "keep.txt").exists()
+    edgecc.compile(conv_onnx, output=out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "model.so").exists()
+
+
+def test_failed_compile_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(ModelError):
+        edgecc.compile(bad, output=tmp_path / "out", use_cache=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+def test_cache_hit_is_fast_and_identical(tmp_path, conv_onnx):
+    first = edgecc.compile(conv_onnx, output=tmp_path / "a")
+    start = time.perf_counter()
+    second = edgecc.compile(conv_onnx, output=tmp_path / "b")
+    elapsed = time.perf_counter() - start
+    assert second.cached and not first.cached
+    assert elapsed < 0.5, elapsed
+    assert (tmp_path / "a/model.so").read_bytes() == (tmp_path / "b/model.so").read_bytes()
+    third = edgecc.compile(conv_onnx, output=tmp_path / "c", use_cache=False)
+    assert not third.cached
+    other_target = edgecc.compile(conv_onnx, output=tmp_path / "d", target="x86_64-avx512")
+    assert not other_target.cached
+
+
+def test_corrupt_cache_entry_is_detected_and_rebuilt(tmp_path, conv_onnx):
+    edgecc.compile(conv_onnx, output=tmp_path / "a")
+    [entry] = [p for p in cache.cache_root().glob("*/*") if p.is_dir()]
+    lib = entry / "model.so"
+    lib.write_bytes(lib.read_bytes()[:1000])
+    r = edgecc.compile(conv_onnx, output=tmp_path / "b")
+    assert not r.cached
+    assert "does not match the sha256" in r.cache_note
+    feed = random_inputs(r.manifest.inputs)
+    assert rel_err(load(tmp_path / "b").run(feed)["y"], ort_run(conv_onnx, feed)[0]) <= 1e-4
+    assert edgecc.compile(conv_onnx, output=tmp_path / "c").cached
+
+
+def test_torch_module_matches_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    r = edgecc.compile(net, example_inputs=(x,), output=tmp_path / "t")
+    assert [s.describe() for s in r.manifest.outputs] == ["output0: float32[1,5]"]
+    got = load(tmp_path / "t").run({r.manifest.inputs[0].name: x.numpy()})["output0"]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert rel_err(got, ref) <= 1e-4
+
+
+def test_torch_module_needs_example_inputs(tmp_path):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ModelError, match="needs example_inputs"):
+        edgecc.compile(torch.nn.ReLU(), output=tmp_path / "t")
+
+
+def test_unsupported_model_object(tmp_path):
+    with pytest.raises(ModelError, match="cannot compile a dict"):
+        edgecc.compile({}, output=tmp_path / "t")

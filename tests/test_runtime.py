@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgecc
+from edgecc import ArtifactError, InputError
+from edgecc.runtime import aligned, load, summarize
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    from conftest import make_conv_model
+
+    out = tmp_path_factory.mktemp("rt") / "conv"
+    edgecc.compile(make_conv_model(), output=out, use_cache=False)
+    return out
+
+
+def test_wrong_inputs_are_named(artifact):
+    m = load(artifact)
+    with pytest.raises(InputError) as e:
+        m.run({"x": np.zeros((1, 3, 16, 15), "float64"), "z": 1})
+    assert str(e.value) == (
+        "unknown input(s) z; input 'x' has shape (1, 3, 16, 15), expected (1, 3, 16, 16); "
+        "input 'x' has dtype float64, expected float32 (the model takes: x: float32[1,3,16,16])")
+    with pytest.raises(InputError, match=r"^missing input\(s\) x"):
+        m.run({})
+
+
+def test_benchmark_reports_percentiles(artifact):
+    r = load(artifact).benchmark(repeat=7, number=3)
+    assert r.repeat == 7 and r.number == 3
+    assert 0 < r.min_ms <= r.p50_ms <= r.p90_ms <= r.max_ms
+    assert r.min_ms <= r.mean_ms <= r.max_ms
+
+
+def test_summarize_math():
+    r = summarize([0.001, 0.002, 0.003, 0.004], number=1)
+    assert r.mean_ms == pytest.approx(2.5) and r.p50_ms == pytest.approx(2.5)
+    assert r.p90_ms == pytest.approx(3.7) and r.min_ms == 1.0 and r.max_ms == 4.0
+
+
+def test_aligned_copies_only_when_needed():
+    a = aligned(np.arange(10, dtype="float32")[1:])
+    assert a.ctypes.data % 64 == 0 and a.tolist() == list(range(1, 10))
+    assert aligned(a) is a
+
+
+def test_runtime_import_does_not_load_the_compiler(artifact):
+    code = ("import sys, numpy as np, edgecc.runtime as rt\n"
+            f"m = rt.load({str(artifact)!r})\n"
+            "m.run(x=np.ones((1,3,16,16), 'float32'))\n"
+            "print(sorted(k for k in sys.modules if k == 'tvm' or k.startswith('tvm.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_artifact_errors(tmp_path, artifact):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load(tmp_path / "missing")
+    bad = tmp_path / "arm"
+    bad.mkdir()
+    manifest = json.loads((artifact / "model.json").read_text())
+    manifest["arch"] = "aarch64"
+    manifest["target"] = "rpi4"
+    (bad / "model.json").write_text(json.dumps(manifest))
+    (bad / "model.so").write_bytes(b"")
+    with pytest.raises(ArtifactError, match="compiled for aarch64 .target rpi4.; this machine is "
+                       "x86_64: run it on an aarch64 device"):
+        load(bad)
+    (bad / "model.so").unlink()
+    with pytest.raises(ArtifactError, match="model.so is missing"):
+        load(bad)

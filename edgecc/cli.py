@@ -210,9 +210,36 @@ def drive_verify(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- package
+
+
+def register_package(sub) -> None:
+    p = sub.add_parser("package", help="bundle an artifact with the native loader for its device",
+                       description="Write a self-contained bundle for the artifact's CPU "
+                       "architecture: model.so, model.json, lib/ (TVM runtime), bin/edgecc-run "
+                       "(native loader, no Python), run.sh and README.txt. OUTPUT ending in "
+                       ".tar.gz is an archive, anything else a directory.")
+    p.add_argument("artifact", type=Path, help="artifact directory written by 'edgecc compile'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="bundle (.tar.gz or dir)")
+    p.add_argument("-f", "--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--no-strip", action="store_true", help="keep symbols and debug info")
+    p.set_defaults(drive=drive_package)
+
+
+def drive_package(args) -> int:
+    from .package import package_artifact  # noqa: PLC0415
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    result = package_artifact(args.artifact, args.output, force=args.force,
+                              strip=not args.no_strip, log=log)
+    print(f"bundle: {result.path}")
+    print(result.format())
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
-REGISTER = (register_compile, register_targets, register_run, register_verify)
+REGISTER = (register_compile, register_targets, register_run, register_verify, register_package)
 
 
 def build_parser() -> argparse.ArgumentParser:

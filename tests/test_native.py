@@ -128,3 +128,27 @@ def test_aarch64_bundle_runs_under_qemu_and_matches_onnxruntime(tmp_path, capsys
     assert proc.returncode == 0, proc.stderr
     got = np.load(tmp_path / "out" / "output.npy")
     assert rel_err(got, ort_run(onnx_path, {"input": example.numpy()})[0]) <= 1e-4
+
+
+@pytest.mark.parametrize("mutate,phrase", [
+    (lambda m: m.update(format="other"), "not an edgecc manifest"),
+    (lambda m: m.update(format_version=2), "manifest format_version 2 is not supported"),
+    (lambda m: m["inputs"][0].update(dtype="complex64"), "has unsupported dtype 'complex64'"),
+    (lambda m: m["inputs"][0].update(shape=[1, -3]), "has a negative dimension"),
+    (lambda m: m.update(device="tpu"), "unknown device 'tpu'"),
+    (lambda m: m.pop("outputs"), "malformed manifest"),
+])
+def test_python_and_native_loaders_validate_the_manifest_alike(x86_bundle, tmp_path, mutate,
+                                                                phrase):
+    """One manifest format, the same verdicts on both sides (edgecc/manifest.py and
+    native/edgecc_run.cc)."""
+    _, _, result = x86_bundle
+    bundle = tmp_path / "b"
+    shutil.copytree(result.path, bundle)
+    manifest = json.loads((bundle / "model.json").read_text())
+    mutate(manifest)
+    (bundle / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(edgecc.ArtifactError, match=phrase.replace("(", r"\(")):
+        edgecc.manifest.Manifest.read(bundle)
+    proc = _run([bundle / "bin" / "edgecc-run", bundle])
+    assert proc.returncode == 1 and phrase in proc.stderr, proc.stderr

@@ -14,6 +14,7 @@ from .errors import (
     OutputExistsError,
     TargetError,
     ToolchainError,
+    TuningLogError,
     UnsupportedOperatorError,
     VerificationError,
 )
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactError", "EdgeccError", "InputError", "ModelError", "OutputExistsError",
-    "TargetError", "ToolchainError", "UnsupportedOperatorError", "VerificationError",
+    "TargetError", "ToolchainError", "TuningLogError", "UnsupportedOperatorError", "VerificationError",
     "compile", "load", "verify", "get_target", "list_targets", "__version__",
 ]
 

@@ -82,6 +82,11 @@ def register_compile(sub) -> None:
     p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
                    help="print the IR after this pass ('all' for every pass); repeatable")
     p.add_argument("--list-passes", action="store_true", help="list passes and pipelines, exit")
+    p.add_argument("--tuning-log", action="append", type=Path, default=[], metavar="DIR",
+                   help="apply records from this tuning log too (written by 'edgecc tune'); "
+                   "repeatable")
+    p.add_argument("--no-shipped-logs", action="store_true",
+                   help="do not apply the shipped tuning_logs/<target>/ records")
     p.add_argument("-f", "--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-cache", action="store_true", help="bypass the compile cache")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -102,7 +107,8 @@ def drive_compile(args) -> int:
     result = compile_model(
         args.model, target=args.target, output=args.output, input_shapes=shapes,
         pipeline=args.pipeline, print_ir_after=tuple(args.print_ir_after), force=args.force,
-        use_cache=not args.no_cache, on_stage=None if args.quiet else _progress)
+        use_cache=not args.no_cache, tuning_logs=tuple(args.tuning_log),
+        use_shipped_logs=not args.no_shipped_logs, on_stage=None if args.quiet else _progress)
     m = result.manifest
     if result.cache_note and not args.quiet:
         print(f"[edgecc] cache entry was corrupt and has been rebuilt: {result.cache_note}",
@@ -113,7 +119,69 @@ def drive_compile(args) -> int:
           f"{result.output}/{m.library} ({size / 1024:.1f} KiB)")
     for label, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
         print(f"  {label}: " + ", ".join(s.describe() for s in specs))
+    tuned, total = result.kernels
+    if total:
+        logs = m.options.get("tuning_logs") or []
+        print(f"  kernels: {tuned} tuned, {total - tuned} default schedule"
+              + (f" (logs: {', '.join(logs)})" if logs else " (no tuning log for this target)"))
     return 0
+
+
+# ----------------------------------------------------------------------------- tune
+
+
+def register_tune(sub) -> None:
+    p = sub.add_parser("tune", help="auto-tune a model's kernels for a target (MetaSchedule)",
+                       description="Tune the fused kernels of MODEL for TARGET with MetaSchedule "
+                       "and an XGBoost cost model, locally or on a device behind a TVM RPC "
+                       "tracker. Records go to a tuning log (default tuning_logs/<target>/) that "
+                       "'edgecc compile' applies. Re-running resumes; Ctrl-C keeps every record.")
+    p.add_argument("model", help="the ONNX model file")
+    p.add_argument("-t", "--target", default="x86_64", help="named target or raw triple")
+    p.add_argument("--trials", type=int, default=64, metavar="N",
+                   help="trials per task (default 64); tasks already at N are skipped")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="stop after this long, keeping all records (e.g. 90s, 10m, 1h)")
+    p.add_argument("--log-dir", type=Path, help="tuning log directory (default "
+                   "tuning_logs/<target>/)")
+    p.add_argument("--input-shape", action="append", type=parse_input_shape, default=[],
+                   metavar="NAME=D0,D1,...", help="pin an input's shape; repeatable")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on a device registered "
+                   "with this TVM RPC tracker")
+    p.add_argument("--rpc-key", help="the device key at the tracker")
+    p.add_argument("--num-cores", type=int, help="the device's core count (default: this "
+                   "machine's physical cores; 4 over RPC)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
+    p.set_defaults(drive=drive_tune)
+
+
+def drive_tune(args) -> int:
+    from .tune import RPCSettings, parse_duration, tune_model  # noqa: PLC0415
+
+    rpc = None
+    if args.rpc_tracker or args.rpc_key:
+        rpc = RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "")
+    budget = parse_duration(args.time_budget) if args.time_budget else None
+    log = (lambda msg: None) if args.quiet else (  # noqa: E731
+        lambda msg: print(msg, file=sys.stderr, flush=True))
+    r = tune_model(args.model, target=args.target, trials_per_task=args.trials,
+                   time_budget_s=budget, log_dir=args.log_dir, input_shapes=dict(args.input_shape),
+                   rpc=rpc, num_cores=args.num_cores, on_progress=log)
+    width = max([len(t.name) for t in r.tasks] + [4])
+    print(f"{'task':<{width}}  weight  trials  best (us)")
+    for t in r.tasks:
+        best = f"{t.best_us:10.2f}" if t.best_us is not None else "       n/a"
+        print(f"{t.name:<{width}}  {t.weight:6.0f}  {t.done_before + t.measured:6d}  {best}")
+    est = r.estimate_ms()
+    per100 = f", {r.seconds / r.trials_run * 100:.1f} s per 100 trials" if r.trials_run else ""
+    print(f"{r.trials_run} trials in {r.seconds:.1f} s{per100}; {r.skipped} task(s) already "
+          f"tuned; {r.records_added} records added to {r.log_dir}")
+    if est is not None:
+        print(f"estimated end-to-end kernel time: {est:.3f} ms")
+    if r.stopped:
+        print(f"stopped early ({r.stopped}): every record measured so far is kept; "
+              "re-run the same command to continue")
+    return 130 if r.stopped == "interrupted" else 0
 
 
 # ----------------------------------------------------------------------------- targets
@@ -157,17 +225,30 @@ def register_run(sub) -> None:
     p.add_argument("--bench", type=int, metavar="REPEAT", default=0,
                    help="also time REPEAT measurements (mean/p50/p90)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="run on a device registered with this TVM RPC tracker")
+    p.add_argument("--rpc-key", help="the device key at the tracker")
     p.set_defaults(drive=drive_run)
 
 
 def drive_run(args) -> int:
+    from .manifest import Manifest  # noqa: PLC0415
     from .runtime import load, random_inputs  # noqa: PLC0415
 
-    m = load(args.artifact)
-    feed = load_inputs(args.input) if args.input else random_inputs(m.inputs, seed=args.seed)
+    remote = _rpc_settings(args)
+    specs = Manifest.read(args.artifact).inputs if args.artifact.is_dir() else ()
+    m = None if remote else load(args.artifact)
+    feed = load_inputs(args.input) if args.input else random_inputs(specs, seed=args.seed)
     if not args.input:
         print("no --input given: using random inputs (seed %d)" % args.seed)
-    outputs = m.run(feed)
+    bench = None
+    if remote:
+        from .remote import run_remote  # noqa: PLC0415
+
+        outputs, bench = run_remote(args.artifact, remote, feed, bench_repeat=args.bench)
+        print(f"ran on device {remote.key!r} via {remote.tracker_host}:{remote.tracker_port}")
+    else:
+        outputs = m.run(feed)
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
         for name, arr in outputs.items():
@@ -177,7 +258,75 @@ def drive_run(args) -> int:
         flat = arr.reshape(-1)
         print(f"{name}: {arr.dtype}{list(arr.shape)} first values {np.array2string(flat[:6], precision=5)}")
     if args.bench:
-        print("latency: " + m.benchmark(feed, repeat=args.bench).format())
+        bench = bench or m.benchmark(feed, repeat=args.bench)
+        print("latency: " + bench.format())
+    return 0
+
+
+def _rpc_settings(args):
+    if not (args.rpc_tracker or args.rpc_key):
+        return None
+    from .tune import RPCSettings  # noqa: PLC0415
+
+    return RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "")
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def register_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark an artifact here or on an RPC device",
+                       description="Time the artifact's main function (TVM time evaluator): "
+                       "mean/p50/p90 over REPEAT measurements, random inputs.")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--repeat", type=int, default=50, help="measurements (default 50)")
+    p.add_argument("--number", type=int, default=1, help="runs per measurement (default 1)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="benchmark on a device at this "
+                   "TVM RPC tracker")
+    p.add_argument("--rpc-key", help="the device key at the tracker")
+    p.set_defaults(drive=drive_bench)
+
+
+def drive_bench(args) -> int:
+    from .manifest import Manifest  # noqa: PLC0415
+    from .runtime import load, random_inputs  # noqa: PLC0415
+
+    if args.repeat < 1 or args.number < 1:
+        raise InputError("--repeat and --number must be at least 1")
+    remote = _rpc_settings(args)
+    if remote:
+        from .remote import run_remote  # noqa: PLC0415
+
+        feed = random_inputs(Manifest.read(args.artifact).inputs)
+        _, result = run_remote(args.artifact, remote, feed, bench_repeat=args.repeat,
+                               bench_number=args.number)
+        where = f"device {remote.key!r} via {remote.tracker_host}:{remote.tracker_port}"
+    else:
+        m = load(args.artifact)
+        result = m.benchmark(repeat=args.repeat, number=args.number)
+        where = "this machine"
+    print(f"{args.artifact} on {where}: {result.format()}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- rpc
+
+
+def register_rpc(sub) -> None:
+    p = sub.add_parser("rpc", help="TVM RPC devices: status of a tracker",
+                       description="Inspect devices registered with a TVM RPC tracker.")
+    rsub = p.add_subparsers(dest="rpc_command", metavar="SUBCOMMAND", required=True)
+    s = rsub.add_parser("status", help="list devices and queues at a tracker")
+    s.add_argument("--tracker", required=True, metavar="HOST:PORT")
+    s.set_defaults(drive=drive_rpc_status)
+
+
+def drive_rpc_status(args) -> int:
+    from .remote import tracker_status  # noqa: PLC0415
+    from .tune import RPCSettings  # noqa: PLC0415
+
+    settings = RPCSettings.parse(args.tracker, "-")
+    print(tracker_status(settings.tracker_host, settings.tracker_port).format())
     return 0
 
 
@@ -239,7 +388,8 @@ def drive_package(args) -> int:
 
 # ----------------------------------------------------------------------------- main
 
-REGISTER = (register_compile, register_targets, register_run, register_verify, register_package)
+REGISTER = (register_compile, register_tune, register_targets, register_run, register_bench,
+            register_verify, register_package, register_rpc)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,12 @@ class CompileResult:
     timings: dict[str, float] = field(default_factory=dict)
     cache_note: str | None = None
 
+    @property
+    def kernels(self) -> tuple[int, int]:
+        """(tuned, total) kernels, from the manifest."""
+        k = self.manifest.options.get("kernels") or {}
+        return k.get("tuned", 0), k.get("total", 0)
+
 
 def _model_source(model, *, example_inputs) -> tuple[str, bytes | None, str]:
     """(kind, raw bytes or None, display name) without importing TVM."""
@@ -59,6 +65,8 @@ def compile_model(
     print_ir_after: Sequence[str] = (),
     force: bool = False,
     use_cache: bool = True,
+    tuning_logs: Sequence[str | Path] = (),
+    use_shipped_logs: bool = True,
     on_stage: StageCallback | None = None,
     emit_ir: Callable[[str], None] = print,
 ) -> CompileResult:
@@ -68,6 +76,9 @@ def compile_model(
     ``example_inputs`` is required). ``output`` receives ``model.so`` (weights baked in) and
     ``model.json`` (the manifest). The directory is written atomically: a failed compile leaves
     nothing behind. ``on_stage(name, seconds)`` is called as each stage finishes.
+
+    Tuning records from ``tuning_logs/<target>/`` (unless ``use_shipped_logs=False``) and from
+    each directory in ``tuning_logs`` are applied to the kernels they match.
     """
     from . import passes  # noqa: PLC0415  (no TVM import at module level)
 
@@ -82,6 +93,11 @@ def compile_model(
     passes.check_pass_names(print_ir_after)
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     kind, raw, name = _model_source(model, example_inputs=example_inputs)
+    from . import tuning_log  # noqa: PLC0415
+
+    logs = (tuning_log.logs_for_compile(tgt, tuple(Path(p) for p in tuning_logs),
+                                        use_shipped=use_shipped_logs)
+            if passes.TUNE_AT in pass_names else [])
 
     timings: dict[str, float] = {}
 
@@ -96,7 +112,7 @@ def compile_model(
         import hashlib  # noqa: PLC0415
 
         options = {"input_shapes": {k: list(v) for k, v in sorted(shapes.items())},
-                   "pipeline": list(pass_names)}
+                   "pipeline": list(pass_names), "tuning": tuning_log.fingerprint(logs)}
         key = cache.cache_key(model_sha256=hashlib.sha256(raw).hexdigest(),
                               target=tgt.to_dict(), options=options,
                               edgecc_version=__version__)
@@ -108,23 +124,15 @@ def compile_model(
             return CompileResult(output=output, manifest=Manifest.read(output), cached=True,
                                  timings=timings)
 
-    from . import frontend  # noqa: PLC0415
     from .build import build_library  # noqa: PLC0415
 
     with atomic_dir(output, force=force) as tmp:
         with stage("import", timed):
-            if kind == "onnx":
-                proto = frontend.parse_onnx_bytes(raw, source=str(model) if isinstance(
-                    model, str | Path) else name)
-                imported = frontend.import_onnx(proto, raw=raw, name=name, input_shapes=shapes)
-            else:
-                if shapes:
-                    raise ModelError("--input-shape is for ONNX models; a torch module takes "
-                                     "its shapes from example_inputs")
-                imported = frontend.import_torch(model, example_inputs, name=name)
+            imported = import_model(model, kind=kind, raw=raw, name=name, shapes=shapes,
+                                    example_inputs=example_inputs)
         with stage("passes", timed):
-            lowered = passes.apply(imported.mod, pass_names, target=tgt,
-                                   print_ir_after=print_ir_after, emit=emit_ir)
+            lowered, kernels = _run_passes(imported.mod, pass_names, tgt, logs=logs,
+                                           print_ir_after=print_ir_after, emit_ir=emit_ir)
         with stage("build", timed):
             result = build_library(lowered, tgt, tmp)
         with stage("export", timed):
@@ -135,10 +143,54 @@ def compile_model(
                 inputs=imported.inputs, outputs=imported.outputs, passes=pass_names,
                 library=LIBRARY_NAME, library_sha256=sha256_file(result.library),
                 options={"pipeline": pipeline_name,
-                         "cuda_fatbin": result.cuda_fatbin.name if result.cuda_fatbin else None},
+                         "cuda_fatbin": result.cuda_fatbin.name if result.cuda_fatbin else None,
+                         "kernels": kernels,
+                         "tuning_logs": [str(p) for p in logs]},
             )
             manifest.write(tmp)
     if key is not None:
         cache.store(key, output)
     return CompileResult(output=output, manifest=manifest, cached=False, timings=timings,
                          cache_note=note)
+
+
+def import_model(model, *, kind: str, raw: bytes | None, name: str,
+                 shapes: dict[str, tuple[int, ...]], example_inputs):
+    """The frontend stage for any accepted model kind (see :func:`_model_source`)."""
+    from . import frontend  # noqa: PLC0415
+
+    if kind == "onnx":
+        proto = frontend.parse_onnx_bytes(
+            raw, source=str(model) if isinstance(model, str | Path) else name)
+        return frontend.import_onnx(proto, raw=raw, name=name, input_shapes=shapes)
+    if shapes:
+        raise ModelError("--input-shape is for ONNX models; a torch module takes its shapes "
+                         "from example_inputs")
+    return frontend.import_torch(model, example_inputs, name=name)
+
+
+def count_kernels(mod) -> dict[str, int]:
+    """Kernels (TIR functions) in ``mod``: how many carry a tuned schedule."""
+    funcs = [f for _, f in mod.functions.items() if type(f).__name__ == "PrimFunc"]
+    tuned = sum(1 for f in funcs if f.attrs is not None
+                and int(f.attrs.get("tirx.is_scheduled", 0)) == 1)
+    return {"tuned": tuned, "total": len(funcs)}
+
+
+def _run_passes(mod, pass_names, tgt: Target, *, logs, print_ir_after, emit_ir):
+    """Run the pipeline with the tuning logs' database in effect; count kernels right after
+    ``apply-tuning`` (later passes add weight-layout helpers that are folded away)."""
+    from contextlib import nullcontext  # noqa: PLC0415
+
+    from . import passes, tuning_log  # noqa: PLC0415
+
+    db = tuning_log.union_database(logs)
+    split = (list(pass_names).index(passes.TUNE_AT) + 1 if passes.TUNE_AT in pass_names
+             else len(pass_names))
+    with db if db is not None else nullcontext():
+        mod = passes.apply(mod, pass_names[:split], target=tgt, print_ir_after=print_ir_after,
+                           emit=emit_ir)
+        kernels = count_kernels(mod)
+        mod = passes.apply(mod, pass_names[split:], target=tgt, print_ir_after=print_ir_after,
+                           emit=emit_ir)
+    return mod, kernels

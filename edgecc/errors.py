@@ -35,6 +35,10 @@ class ToolchainError(EdgeccError):
     """A compiler or tool the target needs is not installed."""
 
 
+class TuningLogError(EdgeccError):
+    """A tuning log is missing, malformed or made for another target."""
+
+
 class InputError(EdgeccError):
     """Inputs given at run time do not match the artifact's manifest."""
 

@@ -15,15 +15,18 @@ from ..errors import EdgeccError
 from ..targets import Target
 from . import (
     annotate_patterns,
+    apply_tuning,
     canonicalize,
     decompose_inference,
     dispatch_library,
     fold_constant,
     fuse,
     gpu_schedule,
+    layout_free,
     legalize,
     lower_dataflow,
     plan_memory,
+    prepack_weights,
     vm_lower,
 )
 
@@ -40,17 +43,30 @@ class PassInfo:
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
     for m in (decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
-              annotate_patterns, fuse, gpu_schedule, lower_dataflow, plan_memory, vm_lower)
+              annotate_patterns, fuse, layout_free, apply_tuning, prepack_weights, gpu_schedule,
+              lower_dataflow, plan_memory, vm_lower)
 }
 
 _FRONT = ("decompose-inference", "canonicalize", "fold-constant")
 _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
     "cpu-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
-                             "fold-constant", "fuse") + _LOWER,
+                             "fold-constant", "fuse", "layout-free", "apply-tuning",
+                             "prepack-weights") + _LOWER,
     "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                               "fold-constant", "fuse", "gpu-schedule") + _LOWER,
 }
+
+
+TUNE_AT = "apply-tuning"  # the tuner extracts tasks from the IR just before this pass
+
+
+def tuning_prefix(names: Sequence[str]) -> tuple[str, ...]:
+    """The passes that run before tuning: tasks are the kernels of the IR they produce, so
+    records match at compile time exactly where ``apply-tuning`` runs."""
+    if TUNE_AT not in names:
+        raise EdgeccError(f"this pipeline has no {TUNE_AT} pass: it cannot use tuning logs")
+    return tuple(names[: list(names).index(TUNE_AT)])
 
 
 def default_pipeline(target: Target) -> str:

@@ -1,0 +1,126 @@
+"""Devices behind a TVM RPC tracker: status, remote run and benchmark (like tvmc's remote run).
+
+Uses TVM's own RPC protocol and tracker (``python -m tvm.exec.rpc_tracker`` /
+``python -m tvm.exec.rpc_server`` or any TVM RPC server on the device).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgeccError
+from .manifest import Manifest
+from .runtime import BenchmarkResult, check_inputs, summarize
+from .tune import RPCSettings
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class RemoteError(EdgeccError):
+    """The tracker or a device cannot be reached or used."""
+
+
+@dataclass(frozen=True)
+class TrackerStatus:
+    address: str
+    servers: tuple[tuple[str, str], ...]  # (address, key)
+    queues: dict[str, tuple[int, int]]  # key -> (free, pending)
+
+    def format(self) -> str:
+        lines = [f"tracker {self.address}: {len(self.servers)} device server(s)"]
+        keys = sorted({k for _, k in self.servers} | set(self.queues))
+        if not keys:
+            lines.append("  no device is registered (start one with: python -m "
+                         "tvm.exec.rpc_server --tracker HOST:PORT --key KEY)")
+        for key in keys:
+            total = sum(1 for _, k in self.servers if k == key)
+            free, pending = self.queues.get(key, (0, 0))
+            addrs = ", ".join(a for a, k in self.servers if k == key)
+            lines.append(f"  {key:<16} total {total}  free {free}  pending {pending}"
+                         + (f"  ({addrs})" if addrs else ""))
+        return "\n".join(lines)
+
+
+def _check_reachable(host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise RemoteError(f"cannot reach the RPC tracker at {host}:{port} ({e.strerror or e}); "
+                          "is 'python -m tvm.exec.rpc_tracker' running there?") from None
+
+
+def tracker_status(host: str, port: int) -> TrackerStatus:
+    _check_reachable(host, port)
+    from tvm import rpc  # noqa: PLC0415
+
+    try:
+        tracker = rpc.connect_tracker(host, port)
+        data = tracker.summary()
+    except (RuntimeError, OSError) as e:
+        raise RemoteError(f"{host}:{port} did not answer as a TVM RPC tracker: {e}") from None
+    servers = tuple((":".join(map(str, s["addr"])), s["key"].split(":", 1)[-1])
+                    for s in data.get("server_info", []))
+    queues = {k: (int(v["free"]), int(v["pending"]))
+              for k, v in data.get("queue_info", {}).items()}
+    return TrackerStatus(f"{host}:{port}", servers, queues)
+
+
+def check_device(settings: RPCSettings) -> TrackerStatus:
+    status = tracker_status(settings.tracker_host, settings.tracker_port)
+    keys = sorted({k for _, k in status.servers})
+    if settings.key not in keys:
+        known = ", ".join(keys) if keys else "none"
+        raise RemoteError(f"no device with key {settings.key!r} is registered at tracker "
+                          f"{status.address} (registered keys: {known})")
+    return status
+
+
+def _session(settings: RPCSettings):
+    from tvm import rpc  # noqa: PLC0415
+
+    check_device(settings)
+    tracker = rpc.connect_tracker(settings.tracker_host, settings.tracker_port)
+    try:
+        return tracker.request(settings.key, priority=1,
+                               session_timeout=settings.session_timeout_s, max_retry=2)
+    except (RuntimeError, OSError) as e:
+        raise RemoteError(f"no session with a {settings.key!r} device at "
+                          f"{settings.tracker_host}:{settings.tracker_port}: {e}") from None
+
+
+def run_remote(artifact: str | Path, settings: RPCSettings, inputs: Mapping[str, np.ndarray], *,
+               bench_repeat: int = 0, bench_number: int = 1
+               ) -> tuple[dict[str, np.ndarray], BenchmarkResult | None]:
+    """Upload the artifact to a device, run it there, bring the outputs back (and time it)."""
+    import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+
+    artifact = Path(artifact)
+    manifest = Manifest.read(artifact)
+    if manifest.device != "cpu":
+        raise RemoteError("remote run supports CPU artifacts only for now")
+    arrays = check_inputs(manifest.inputs, inputs)
+    sess = _session(settings)
+    try:
+        sess.upload(str(artifact / manifest.library))
+        rmod = sess.load_module(manifest.library)
+        dev = sess.cpu()
+        vm = relax.VirtualMachine(rmod, dev)
+        args = [tvm.runtime.tensor(a, dev) for a in arrays]
+        result = vm["main"](*args)
+        leaves = list(result) if not hasattr(result, "numpy") else [result]
+        outputs = {s.name: t.numpy() for s, t in zip(manifest.outputs, leaves, strict=True)}
+        bench = None
+        if bench_repeat:
+            timer = vm.time_evaluator("main", dev, number=bench_number, repeat=bench_repeat)
+            bench = summarize(list(timer(*args).results), number=bench_number)
+    except (RuntimeError, OSError, tvm.error.TVMError) as e:
+        raise RemoteError(f"remote run on {settings.key!r} failed: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
+    return outputs, bench

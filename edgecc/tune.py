@@ -1,0 +1,280 @@
+"""``edgecc tune``: MetaSchedule (XGBoost cost model) auto-tuning of a model's fused kernels for a
+target, locally or on a device behind a TVM RPC tracker, into a reusable tuning log.
+
+The tuner extracts its tasks from the IR exactly where the compile pipeline applies records
+(just before ``apply-tuning``), so what is tuned is what gets compiled. The budget is per task
+(``trials_per_task``), not per model. Records are written as they are measured: Ctrl-C, or the
+time budget running out, keeps every record so far, and a re-run resumes (tasks whose budget is
+spent are skipped; a workload tuned for another model is reused).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cache, tuning_log
+from .errors import EdgeccError
+from .targets import Target, get_target
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RPCSettings:
+    tracker_host: str
+    tracker_port: int
+    key: str
+    session_timeout_s: int = 120
+
+    @classmethod
+    def parse(cls, tracker: str, key: str) -> RPCSettings:
+        host, sep, port = tracker.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise EdgeccError(f"bad --rpc-tracker {tracker!r}: expected HOST:PORT")
+        if not key:
+            raise EdgeccError("--rpc-tracker needs --rpc-key (the device key)")
+        return cls(host, int(port), key)
+
+
+@dataclass
+class TaskState:
+    name: str
+    weight: float
+    flop: float
+    done_before: int
+    budget: int
+    measured: int = 0
+    best_us: float | None = None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    log_dir: Path
+    tasks: tuple[TaskState, ...]
+    trials_run: int
+    seconds: float
+    stopped: str | None  # "interrupted", "time budget", or None when every budget was spent
+    records_added: int
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for t in self.tasks if t.done_before >= t.budget)
+
+    def estimate_ms(self) -> float | None:
+        if any(t.best_us is None for t in self.tasks):
+            return None
+        return sum(t.weight * t.best_us for t in self.tasks) / 1e3  # type: ignore[operator]
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise EdgeccError(f"bad duration {text!r}: use e.g. 90s, 10m or 1.5h") from None
+    if value <= 0:
+        raise EdgeccError(f"bad duration {text!r}: must be positive")
+    return value
+
+
+def _fmt_s(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def tune_model(
+    model,
+    *,
+    target: str | Target = "x86_64",
+    trials_per_task: int = 64,
+    time_budget_s: float | None = None,
+    log_dir: str | Path | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    example_inputs: Sequence[Any] | None = None,
+    rpc: RPCSettings | None = None,
+    num_cores: int | None = None,
+    on_progress: Progress | None = print,
+    seed: int = 0,
+) -> TuneResult:
+    """Tune ``model``'s kernels for ``target``; records go to ``log_dir`` (default
+    ``tuning_logs/<target>/``)."""
+    import psutil  # noqa: PLC0415
+
+    from . import passes  # noqa: PLC0415
+    from .compiler import _model_source, import_model  # noqa: PLC0415
+
+    tgt = target if isinstance(target, Target) else get_target(target)
+    if tgt.is_gpu:
+        raise EdgeccError(f"tuning {tgt.name}: CUDA targets are not tuned yet (dlight default "
+                          "schedules are used); tune a CPU target")
+    if trials_per_task < 1:
+        raise EdgeccError("--trials must be at least 1")
+    log = on_progress or (lambda _msg: None)
+    log_dir = Path(log_dir) if log_dir else tuning_log.shipped_log_dir(tgt)
+    tuning_log.ensure_log(log_dir, tgt, cache.tvm_version())
+    if rpc is None:
+        cores = num_cores or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    else:
+        from .remote import check_device  # noqa: PLC0415
+
+        check_device(rpc)
+        cores = num_cores or 4
+    shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    kind, raw, name = _model_source(model, example_inputs=example_inputs)
+
+    import tvm  # noqa: PLC0415
+    from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    imported = import_model(model, kind=kind, raw=raw, name=name, shapes=shapes,
+                            example_inputs=example_inputs)
+    names = passes.resolve(passes.default_pipeline(tgt), tgt)
+    mod = passes.apply(imported.mod, passes.tuning_prefix(names), target=tgt)
+    tune_target = tvm.target.Target({**tgt.target_json(), "num-cores": int(cores)})
+    db = tuning_log.open_database(log_dir)
+    with tune_target:
+        extracted = ms.relax_integration.extract_tasks(mod, tune_target)
+    states = []
+    for task in extracted:
+        done = 0
+        if db.has_workload(task.dispatched[0]):
+            done = len(db.get_top_k(db.commit_workload(task.dispatched[0]), trials_per_task))
+        states.append(TaskState(task.task_name, float(task.weight), _flop(task), done,
+                                trials_per_task))
+        if done:
+            best = db.get_top_k(db.commit_workload(task.dispatched[0]), 1)
+            if best:
+                states[-1].best_us = _run_us(best[0].run_secs)
+    todo = [i for i, s in enumerate(states) if s.done_before < s.budget]
+    log(f"[tune] {name} for {tgt.name} ({cores} cores{', RPC ' + rpc.key if rpc else ''}): "
+        f"{len(states)} tasks, {len(states) - len(todo)} already tuned in {log_dir}, "
+        f"budget {trials_per_task} trials/task"
+        + (f", time budget {_fmt_s(time_budget_s)}" if time_budget_s else ""))
+    records_before = len(db)
+    stopped = None
+    trials_run = 0
+    if todo:
+        work = Path(tempfile.mkdtemp(prefix="edgecc-tune-"))
+        progress = _make_progress(ms, states, todo, log, time_budget_s, t0)
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        old_level = ms_logger.level
+        ms_logger.setLevel(logging.WARNING)
+        try:
+            # group tasks by remaining budget: one tune_tasks call per group
+            groups: dict[int, list[int]] = {}
+            for i in todo:
+                groups.setdefault(states[i].budget - states[i].done_before, []).append(i)
+            for remaining, idx in sorted(groups.items(), reverse=True):
+                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    [extracted[i] for i in idx], str(work / "logs"), num_threads=cores
+                    if rpc is None else "physical", seed=seed)
+                progress.set_group(idx)
+                ms.tune_tasks(
+                    tasks=ctxs, task_weights=weights, work_dir=str(work),
+                    max_trials_global=remaining * len(idx), max_trials_per_task=remaining,
+                    num_trials_per_iter=min(remaining, 32), builder=_builder(ms, tgt, rpc),
+                    runner=_runner(ms, rpc), database=db, cost_model="xgb",
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                       progress],
+                    task_scheduler="gradient")
+                if progress.out_of_time:
+                    stopped = "time budget"
+                    break
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+        finally:
+            ms_logger.setLevel(old_level)
+            shutil.rmtree(work, ignore_errors=True)
+        trials_run = progress.trials
+    result = TuneResult(log_dir=log_dir, tasks=tuple(states), trials_run=trials_run,
+                        seconds=time.perf_counter() - t0, stopped=stopped,
+                        records_added=len(tuning_log.open_database(log_dir)) - records_before)
+    return result
+
+
+def _flop(task) -> float:
+    try:
+        from tvm.s_tir.meta_schedule.utils import get_flops  # noqa: PLC0415
+
+        return float(get_flops(task.dispatched[0]))
+    except Exception:  # noqa: BLE001  (FLOP counting is informational only)
+        return 0.0
+
+
+def _run_us(run_secs) -> float | None:
+    if not run_secs:
+        return None
+    vals = [float(v) for v in run_secs]
+    return sum(vals) / len(vals) * 1e6
+
+
+def _builder(ms, tgt: Target, rpc: RPCSettings | None):
+    from .tune_build import cross_export_aarch64, fast_build  # noqa: PLC0415
+
+    export = cross_export_aarch64 if (rpc is not None and tgt.arch == "aarch64") else None
+    return ms.builder.LocalBuilder(f_build=fast_build, f_export=export,
+                                   max_workers=os.cpu_count() or 1, timeout_sec=60)
+
+
+def _runner(ms, rpc: RPCSettings | None):
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                          enable_cpu_cache_flush=False)
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator)
+    config = ms.runner.RPCConfig(tracker_host=rpc.tracker_host, tracker_port=rpc.tracker_port,
+                                 tracker_key=rpc.key, session_timeout_sec=rpc.session_timeout_s)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+
+
+def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,
+                   time_budget_s: float | None, t0: float):
+    from tvm.s_tir.meta_schedule.utils import derived_object  # noqa: PLC0415
+
+    total_budget = sum(states[i].budget - states[i].done_before for i in todo)
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            self.trials = 0
+            self.group: list[int] = []
+            self.out_of_time = False
+
+        def set_group(self, idx):
+            self.group = idx
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            st = states[self.group[task_id]]
+            for res in runner_results:
+                us = _run_us(res.run_secs) if res.error_msg is None else None
+                if us is not None and (st.best_us is None or us < st.best_us):
+                    st.best_us = us
+            st.measured += len(runner_results)
+            self.trials += len(runner_results)
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / self.trials * max(total_budget - self.trials, 0)
+            known = [s for s in states if s.best_us is not None]
+            est = sum(s.weight * s.best_us for s in known) / 1e3  # type: ignore[operator]
+            best = f"{st.best_us:.1f} us" if st.best_us is not None else "n/a"
+            log(f"[tune] {self.trials}/{total_budget} trials  {st.name}: "
+                f"{st.done_before + st.measured}/{st.budget}, best {best}  "
+                f"end-to-end est. {est:.3f} ms ({len(known)}/{len(states)} tasks)  "
+                f"elapsed {_fmt_s(elapsed)}  ETA {_fmt_s(eta)}")
+            if time_budget_s is not None and elapsed > time_budget_s and not self.out_of_time:
+                self.out_of_time = True
+                log(f"[tune] time budget of {_fmt_s(time_budget_s)} reached: stopping")
+                for i, record in enumerate(task_scheduler.tasks_):
+                    if not record.is_terminated:
+                        task_scheduler.terminate_task(i)
+
+    return _Progress()

@@ -204,9 +204,9 @@ def tune_model(
 
 def _flop(task) -> float:
     try:
-        from tvm.s_tir.meta_schedule.utils import get_flops  # noqa: PLC0415
+        from tvm.s_tir.analysis import estimate_tir_flops  # noqa: PLC0415
 
-        return float(get_flops(task.dispatched[0]))
+        return float(estimate_tir_flops(task.dispatched[0]))
     except Exception:  # noqa: BLE001  (FLOP counting is informational only)
         return 0.0
 
@@ -238,7 +238,7 @@ def _runner(ms, rpc: RPCSettings | None):
 
 def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,
                    time_budget_s: float | None, t0: float):
-    from tvm.s_tir.meta_schedule.utils import derived_object  # noqa: PLC0415
+    from tvm.ir.utils import derived_object  # noqa: PLC0415
 
     total_budget = sum(states[i].budget - states[i].done_before for i in todo)
 

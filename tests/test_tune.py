@@ -1,0 +1,105 @@
+"""Tuning: records, resume, applying logs at compile, refusing logs of another target, RPC."""
+
+import json
+
+import pytest
+from conftest import make_conv_model, ort_run, rel_err
+
+import edgecc
+from edgecc import EdgeccError, TuningLogError
+from edgecc.cli import main
+from edgecc.runtime import load, random_inputs
+from edgecc.tune import parse_duration, tune_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tune")
+    model = make_conv_model(bn=False)
+    lines = []
+    result = tune_model(model, target="x86_64", trials_per_task=4, log_dir=work / "log",
+                        on_progress=lines.append)
+    return work, model, result, lines
+
+
+def test_tuning_writes_records_and_reports_progress(tuned):
+    work, _, result, lines = tuned
+    assert result.stopped is None
+    assert len(result.tasks) == 1 and result.tasks[0].name.startswith("fused_conv2d")
+    assert result.trials_run >= 4 and result.records_added >= 1
+    assert result.tasks[0].best_us is not None and result.estimate_ms() > 0
+    meta = json.loads((work / "log" / "meta.json").read_text())
+    assert meta["target"] == "x86_64" and meta["tvm_target"]["mcpu"] == "x86-64-v3"
+    assert lines[0].startswith("[tune] tinyconv for x86_64 (")
+    assert any("trials" in ln and "ETA" in ln and "end-to-end est." in ln for ln in lines[1:])
+
+
+def test_resume_skips_tasks_whose_budget_is_spent(tuned):
+    work, model, _, _ = tuned
+    again = tune_model(model, target="x86_64", trials_per_task=4, log_dir=work / "log",
+                       on_progress=None)
+    assert again.trials_run == 0 and again.skipped == 1 and again.records_added == 0
+
+
+def test_compile_applies_the_log_and_stays_exact(tuned, tmp_path, capsys):
+    work, model, _, _ = tuned
+    r = edgecc.compile(model, output=tmp_path / "a", tuning_logs=[work / "log"],
+                       use_shipped_logs=False)
+    assert r.kernels == (1, 1)
+    feed = random_inputs(r.manifest.inputs)
+    assert rel_err(load(tmp_path / "a").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-4
+    untuned = edgecc.compile(model, output=tmp_path / "b", use_shipped_logs=False)
+    assert untuned.kernels == (0, 1)
+    import onnx
+
+    onnx.save(model, tmp_path / "m.onnx")
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c"), "-q",
+                 "--tuning-log", str(work / "log"), "--no-shipped-logs"]) == 0
+    assert "kernels: 1 tuned, 0 default schedule (logs: " in capsys.readouterr().out
+
+
+def test_log_for_another_target_is_refused(tuned, tmp_path):
+    work, model, _, _ = tuned
+    with pytest.raises(TuningLogError) as e:
+        edgecc.compile(model, target="x86_64-avx512", output=tmp_path / "a",
+                       tuning_logs=[work / "log"])
+    assert str(e.value).startswith(f"tuning log '{work / 'log'}' was tuned for target 'x86_64'")
+    assert "it does not match target 'x86_64-avx512'" in str(e.value)
+    with pytest.raises(TuningLogError, match="is not an edgecc tuning log"):
+        edgecc.compile(model, output=tmp_path / "b", tuning_logs=[tmp_path])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_durations():
+    assert parse_duration("90") == 90 and parse_duration("10m") == 600
+    assert parse_duration("1.5h") == 5400 and parse_duration("45s") == 45
+    for bad in ("soon", "-3m", "0"):
+        with pytest.raises(EdgeccError, match="bad duration"):
+            parse_duration(bad)
+
+
+def test_time_budget_stops_and_keeps_records(tmp_path):
+    result = tune_model(make_conv_model(bn=False, cout=16), trials_per_task=512,
+                        time_budget_s=1.0, log_dir=tmp_path / "log", on_progress=None)
+    assert result.stopped == "time budget"
+    assert 0 < result.trials_run < 512 and result.records_added >= 1
+
+
+def test_tune_over_rpc_loopback(tmp_path, capsys):
+    from rpc_util import HOST, rpc_cluster
+
+    import onnx
+
+    onnx.save(make_conv_model(bn=False, cout=4), tmp_path / "m.onnx")
+    with rpc_cluster(["tune-cpu"]) as port:
+        rc = main(["tune", str(tmp_path / "m.onnx"), "--trials", "2", "--log-dir",
+                   str(tmp_path / "log"), "--rpc-tracker", f"{HOST}:{port}", "--rpc-key",
+                   "tune-cpu", "--num-cores", "1"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "RPC tune-cpu" in captured.err and "records added to" in captured.out
+    r = edgecc.compile(tmp_path / "m.onnx", output=tmp_path / "a",
+                       tuning_logs=[tmp_path / "log"], use_shipped_logs=False)
+    assert r.kernels == (1, 1)

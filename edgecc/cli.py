@@ -151,6 +151,8 @@ def register_tune(sub) -> None:
     p.add_argument("--rpc-key", help="the device key at the tracker")
     p.add_argument("--num-cores", type=int, help="the device's core count (default: this "
                    "machine's physical cores; 4 over RPC)")
+    p.add_argument("--keep-best", type=int, metavar="N", help="afterwards, keep only the N "
+                   "fastest records per kernel (small logs to ship; trial counts are kept)")
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
     p.set_defaults(drive=drive_tune)
 
@@ -166,7 +168,8 @@ def drive_tune(args) -> int:
         lambda msg: print(msg, file=sys.stderr, flush=True))
     r = tune_model(args.model, target=args.target, trials_per_task=args.trials,
                    time_budget_s=budget, log_dir=args.log_dir, input_shapes=dict(args.input_shape),
-                   rpc=rpc, num_cores=args.num_cores, on_progress=log)
+                   rpc=rpc, num_cores=args.num_cores, on_progress=log,
+                   keep_best=args.keep_best)
     width = max([len(t.name) for t in r.tasks] + [4])
     print(f"{'task':<{width}}  weight  trials  best (us)")
     for t in r.tasks:

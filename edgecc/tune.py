@@ -105,6 +105,7 @@ def tune_model(
     num_cores: int | None = None,
     on_progress: Progress | None = print,
     seed: int = 0,
+    keep_best: int | None = None,
 ) -> TuneResult:
     """Tune ``model``'s kernels for ``target``; records go to ``log_dir`` (default
     ``tuning_logs/<target>/``)."""
@@ -145,10 +146,13 @@ def tune_model(
     with tune_target:
         extracted = ms.relax_integration.extract_tasks(mod, tune_target)
     states = []
-    for task in extracted:
-        done = 0
+    spent = tuning_log.spent(log_dir)
+    keys = [tuning_log.workload_key(task.dispatched[0]) for task in extracted]
+    for task, key in zip(extracted, keys, strict=True):
+        done = spent.get(key, 0)
         if db.has_workload(task.dispatched[0]):
-            done = len(db.get_top_k(db.commit_workload(task.dispatched[0]), trials_per_task))
+            done = max(done, len(db.get_top_k(db.commit_workload(task.dispatched[0]),
+                                              trials_per_task)))
         states.append(TaskState(task.task_name, float(task.weight), _flop(task), done,
                                 trials_per_task))
         if done:
@@ -164,6 +168,8 @@ def tune_model(
     stopped = None
     trials_run = 0
     if todo:
+        log(f"[tune] searching a first batch of candidates for each of the {len(todo)} task(s) "
+            "(about 15 s each on 2 cores); measurements are reported as they come back")
         work = Path(tempfile.mkdtemp(prefix="edgecc-tune-"))
         progress = _make_progress(ms, states, todo, log, time_budget_s, t0)
         ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
@@ -195,10 +201,17 @@ def tune_model(
         finally:
             ms_logger.setLevel(old_level)
             shutil.rmtree(work, ignore_errors=True)
+            tuning_log.record_spent(log_dir, {k: s.done_before + s.measured
+                                              for k, s in zip(keys, states, strict=True)})
         trials_run = progress.trials
+    records_added = len(tuning_log.open_database(log_dir)) - records_before
+    if keep_best is not None:
+        before, after = tuning_log.compact(log_dir, keep=keep_best)
+        log(f"[tune] compacted {log_dir}: kept the best {keep_best} record(s) per workload "
+            f"({before} -> {after} records)")
     result = TuneResult(log_dir=log_dir, tasks=tuple(states), trials_run=trials_run,
                         seconds=time.perf_counter() - t0, stopped=stopped,
-                        records_added=len(tuning_log.open_database(log_dir)) - records_before)
+                        records_added=records_added)
     return result
 
 

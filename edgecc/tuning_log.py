@@ -68,14 +68,22 @@ def open_database(directory: Path):
                                     allow_missing=True)
 
 
+def shipped_logs(target: Target) -> list[Path]:
+    """``tuning_logs/<target>/`` itself and each of its subdirectories that is a log."""
+    root = shipped_log_dir(target)
+    if not root.is_dir():
+        return []
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    return [d for d in candidates if (d / META).is_file()]
+
+
 def logs_for_compile(target: Target, extra: tuple[Path, ...], *,
                      use_shipped: bool) -> list[Path]:
-    """The logs a compile applies: the shipped one for the target (if any) then ``extra``."""
+    """The logs a compile applies: the shipped ones for the target, then ``extra``."""
     logs = []
-    shipped = shipped_log_dir(target)
-    if use_shipped and (shipped / META).is_file():
-        check_log(shipped, target)
-        logs.append(shipped)
+    for d in shipped_logs(target) if use_shipped else []:
+        check_log(d, target)
+        logs.append(d)
     for d in extra:
         check_log(Path(d), target)
         logs.append(Path(d))
@@ -100,3 +108,64 @@ def union_database(logs: list[Path]):
     if not dbs:
         return None
     return dbs[0] if len(dbs) == 1 else ms.database.UnionDatabase(*dbs)
+
+
+def workload_key(mod) -> str:
+    from tvm.s_tir.meta_schedule.utils import shash2hex  # noqa: PLC0415
+
+    return shash2hex(mod)
+
+
+def spent(directory: Path) -> dict[str, int]:
+    """Trials spent per workload (kept in meta.json: compaction drops records, not history)."""
+    meta = json.loads((directory / META).read_text())
+    return {k: int(v) for k, v in meta.get("spent", {}).items()}
+
+
+def record_spent(directory: Path, counts: dict[str, int]) -> None:
+    meta_path = directory / META
+    meta = json.loads(meta_path.read_text())
+    merged = meta.get("spent", {})
+    for key, n in counts.items():
+        merged[key] = max(int(merged.get(key, 0)), int(n))
+    meta["spent"] = dict(sorted(merged.items()))
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(meta_path)
+
+
+def _mean_secs(record) -> float:
+    secs = [float(v) for v in (record.run_secs or [])]
+    return sum(secs) / len(secs) if secs else float("inf")
+
+
+def compact(directory: Path, *, keep: int = 1) -> tuple[int, int]:
+    """Keep only the ``keep`` fastest records per workload (what a shipped log needs);
+    returns (records before, records after). Trial counts survive in meta.json."""
+    if keep < 1:
+        raise TuningLogError("--keep-best must be at least 1")
+    db = open_database(directory)
+    by_workload: dict[str, list] = {}
+    for rec in db.get_all_tuning_records():
+        by_workload.setdefault(workload_key(rec.workload.mod), []).append(rec)
+    before = sum(len(v) for v in by_workload.values())
+    record_spent(directory, {k: len(v) for k, v in by_workload.items()})
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        new = open_database(Path(tmp))
+        after = 0
+        for recs in by_workload.values():
+            workload = new.commit_workload(recs[0].workload.mod)
+            for rec in sorted(recs, key=_mean_secs)[:keep]:
+                if rec.run_secs:
+                    new.commit_tuning_record(rec.__class__(
+                        rec.trace, workload, rec.run_secs, rec.target, rec.args_info))
+                    after += 1
+        for name in (WORKLOADS, RECORDS):
+            src = Path(tmp) / name
+            if src.exists():
+                src.replace(directory / name)
+            else:
+                (directory / name).write_text("")
+    return before, after

@@ -103,3 +103,62 @@ def test_tune_over_rpc_loopback(tmp_path, capsys):
     r = edgecc.compile(tmp_path / "m.onnx", output=tmp_path / "a",
                        tuning_logs=[tmp_path / "log"], use_shipped_logs=False)
     assert r.kernels == (1, 1)
+
+
+def test_compacted_log_still_applies_and_resumes(tuned, tmp_path):
+    import shutil
+
+    from edgecc import tuning_log
+
+    work, model, result, _ = tuned
+    log = tmp_path / "log"
+    shutil.copytree(work / "log", log)
+    before, after = tuning_log.compact(log, keep=1)
+    assert before >= 4 and after == 1
+    assert sum(tuning_log.spent(log).values()) >= 4  # trial history survives compaction
+    again = tune_model(model, trials_per_task=4, log_dir=log, on_progress=None)
+    assert again.trials_run == 0 and again.skipped == 1
+    r = edgecc.compile(model, output=tmp_path / "a", tuning_logs=[log], use_shipped_logs=False)
+    assert r.kernels == (1, 1)
+
+
+def test_shipped_logs_are_valid_for_their_target():
+    from edgecc import tuning_log
+    from edgecc.targets import list_targets
+
+    for target in list_targets():
+        for log in tuning_log.shipped_logs(target):
+            tuning_log.check_log(log, target)
+            assert (log / tuning_log.RECORDS).stat().st_size < 2 * 2**20
+
+
+def test_ctrl_c_keeps_records_and_leaves_no_workers(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import onnx
+    import psutil
+
+    onnx.save(make_conv_model(bn=False, cout=16), tmp_path / "m.onnx")
+    log = tmp_path / "log"
+    proc = subprocess.Popen([sys.executable, "-m", "edgecc", "tune", str(tmp_path / "m.onnx"),
+                             "--trials", "1000", "--log-dir", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        records = log / "records.json"
+        if records.exists() and records.stat().st_size > 0:
+            break
+        time.sleep(0.5)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopped early (interrupted): every record measured so far is kept" in out
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"worker processes left behind: {[p.pid for p in alive]}"
+    from edgecc import tuning_log
+
+    assert len(tuning_log.open_database(log)) >= 1

@@ -19,6 +19,7 @@ from . import (
     canonicalize,
     decompose_inference,
     dispatch_library,
+    fold_batchnorm,
     fold_constant,
     fuse,
     gpu_schedule,
@@ -42,12 +43,13 @@ class PassInfo:
 
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
-    for m in (decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
+    for m in (fold_batchnorm, decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
               annotate_patterns, fuse, layout_free, apply_tuning, prepack_weights, gpu_schedule,
               lower_dataflow, plan_memory, vm_lower)
 }
 
-_FRONT = ("decompose-inference", "canonicalize", "fold-constant")
+_FRONT = ("canonicalize", "fold-constant", "fold-batchnorm", "decompose-inference",
+          "fold-constant")
 _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
     "cpu-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",

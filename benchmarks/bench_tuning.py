@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Tuning figures on the example models, one run, same machine: edgecc untuned, edgecc with the
+shipped tuning logs (tuning_logs/<target>/), edgecc after a fresh tuning budget, ONNX Runtime and
+PyTorch eager: median latency and ratio to ORT; tuning wall time per 100 trials.
+
+    python benchmarks/bench_tuning.py [--models mlp,transformer] [--trials 16] [--target x86_64]
+
+--trials 0 skips the fresh tuning column (tuning all four models at 16 trials/task takes
+about 15 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from common import machine, median_ms, table
+
+
+def main() -> int:
+    import onnxruntime as ort
+    import torch
+    import zoo
+
+    import edgecc
+    from edgecc.runtime import load
+    from edgecc.tune import tune_model
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(zoo.MODELS))
+    p.add_argument("--target", default="x86_64")
+    p.add_argument("--trials", type=int, default=0, help="fresh tuning budget per task")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="edgecc-bench-tune-"))
+    os.environ["EDGECC_CACHE_DIR"] = str(work / "cache")
+    rows = []
+    try:
+        for name in args.models.split(","):
+            model, example = zoo.build(name)
+            onnx_path = work / f"{name}.onnx"
+            zoo.export_onnx(model, example, onnx_path)
+            feed = {"input": example.numpy()}
+            variants = {}
+            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-untuned",
+                               use_shipped_logs=False)
+            variants["untuned"] = (work / f"{name}-untuned", r.kernels)
+            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-shipped")
+            variants["shipped"] = (work / f"{name}-shipped", r.kernels)
+            per100 = None
+            if args.trials:
+                t = tune_model(onnx_path, target=args.target, trials_per_task=args.trials,
+                               log_dir=work / f"log-{name}", on_progress=None)
+                per100 = t.seconds / max(t.trials_run, 1) * 100
+                r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-tuned",
+                                   tuning_logs=[work / f"log-{name}"], use_shipped_logs=False)
+                variants["tuned"] = (work / f"{name}-tuned", r.kernels)
+            ms = {}
+            for key, (path, _) in variants.items():
+                m = load(path)
+                ms[key] = median_ms(lambda m=m: m.run(feed))
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+            ort_ms = median_ms(lambda: sess.run(None, feed))
+            with torch.no_grad():
+                pt_ms = median_ms(lambda: model(example))
+            cell = lambda key: (f"{ms[key]:.3f} ({ms[key] / ort_ms:.2f}x)"  # noqa: E731
+                                if key in ms else "-")
+            tuned_k, total_k = variants["shipped"][1]
+            rows.append([name, cell("untuned"), cell("shipped"), f"{tuned_k}/{total_k}",
+                         cell("tuned"), f"{ort_ms:.3f}", f"{pt_ms:.3f} ({pt_ms / ort_ms:.2f}x)",
+                         f"{per100:.0f} s" if per100 else "-"])
+            print(f"done {name}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nmachine: {machine()}; threads {args.threads}; target {args.target}; "
+          f"ms = median latency, (ratio to ONNX Runtime)")
+    tuned_hdr = f"tuned {args.trials}/task" if args.trials else "tuned (skipped)"
+    print(table(["model", "untuned", "shipped logs", "kernels tuned", tuned_hdr, "ORT",
+                 "PyTorch", "tune s/100 trials"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,11 +17,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import machine, median_ms, table
+from common import example_onnx, machine, median_ms, ort_session, table
 
 
 def main() -> int:
-    import onnxruntime as ort
     import torch
     import zoo
 
@@ -41,10 +40,7 @@ def main() -> int:
     rows = []
     try:
         for name in args.models.split(","):
-            model, example = zoo.build(name)
-            onnx_path = work / f"{name}.onnx"
-            zoo.export_onnx(model, example, onnx_path)
-            feed = {"input": example.numpy()}
+            model, example, onnx_path, feed = example_onnx(name, work)
             variants = {}
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-untuned",
                                use_shipped_logs=False)
@@ -63,9 +59,7 @@ def main() -> int:
             for key, (path, _) in variants.items():
                 m = load(path)
                 ms[key] = median_ms(lambda m=m: m.run(feed))
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+            sess = ort_session(onnx_path, args.threads)
             ort_ms = median_ms(lambda: sess.run(None, feed))
             with torch.no_grad():
                 pt_ms = median_ms(lambda: model(example))

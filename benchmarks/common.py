@@ -45,3 +45,22 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def example_onnx(name: str, work: Path):
+    """The seeded example model ``name``, its example input, its ONNX file in ``work`` and the
+    input feed."""
+    import zoo
+
+    model, example = zoo.build(name)
+    onnx_path = work / f"{name}.onnx"
+    zoo.export_onnx(model, example, onnx_path)
+    return model, example, onnx_path, {"input": example.numpy()}
+
+
+def ort_session(onnx_path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])

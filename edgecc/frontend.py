@@ -36,8 +36,6 @@ class ImportedModel:
 
 def read_onnx(path: str | os.PathLike) -> tuple[Any, bytes]:
     """Read and validate an ONNX file; returns (ModelProto, raw bytes)."""
-    import onnx  # noqa: PLC0415
-
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file '{p}' not found")

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,9 @@ def tune_model(
                     tasks=ctxs, task_weights=weights, work_dir=str(work),
                     max_trials_global=remaining * len(idx), max_trials_per_task=remaining,
                     num_trials_per_iter=min(remaining, 32), builder=_builder(ms, tgt, rpc),
-                    runner=_runner(ms, rpc), database=db, cost_model="xgb",
+                    runner=_counting_runner(ms, _runner(ms, rpc), log, t0, total=sum(
+                        states[i].budget - states[i].done_before for i in todo)),
+                    database=db, cost_model="xgb",
                     measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                        progress],
                     task_scheduler="gradient")
@@ -201,8 +203,12 @@ def tune_model(
         finally:
             ms_logger.setLevel(old_level)
             shutil.rmtree(work, ignore_errors=True)
-            tuning_log.record_spent(log_dir, {k: s.done_before + s.measured
-                                              for k, s in zip(keys, states, strict=True)})
+            # a run that was not stopped spent every budget (a task whose search space holds
+            # fewer candidates than its budget is done too)
+            finished = stopped is None
+            tuning_log.record_spent(log_dir, {
+                k: max(s.done_before + s.measured, s.budget if finished else 0)
+                for k, s in zip(keys, states, strict=True)})
         trials_run = progress.trials
     records_added = len(tuning_log.open_database(log_dir)) - records_before
     if keep_best is not None:
@@ -247,6 +253,27 @@ def _runner(ms, rpc: RPCSettings | None):
     config = ms.runner.RPCConfig(tracker_host=rpc.tracker_host, tracker_port=rpc.tracker_port,
                                  tracker_key=rpc.key, session_timeout_sec=rpc.session_timeout_s)
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+
+
+def _counting_runner(ms, inner, log: Progress, t0: float, *, total: int):
+    """Wraps the runner to report each batch as it is sent for measurement: the per-task
+    results only come back after the scheduler's first round over every task."""
+    from tvm.ir.utils import derived_object  # noqa: PLC0415
+
+    @derived_object
+    class _Counting(ms.runner.PyRunner):
+        def __init__(self):
+            super().__init__()
+            self.sent = 0
+
+        def run(self, runner_inputs):
+            futures = inner.run(runner_inputs)
+            self.sent += len(runner_inputs)
+            log(f"[tune] measuring: {self.sent}/{total} candidates sent "
+                f"(elapsed {_fmt_s(time.perf_counter() - t0)})")
+            return futures
+
+    return _Counting()
 
 
 def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import shutil
 import tempfile
 import time
@@ -175,6 +177,7 @@ def tune_model(
         ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
         old_level = ms_logger.level
         ms_logger.setLevel(logging.WARNING)
+        old_handler = _install_sigint(progress, log)
         try:
             # group tasks by remaining budget: one tune_tasks call per group
             groups: dict[int, list[int]] = {}
@@ -195,12 +198,18 @@ def tune_model(
                     measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                        progress],
                     task_scheduler="gradient")
-                if progress.out_of_time:
-                    stopped = "time budget"
+                if progress.stop_reason:
+                    stopped = progress.stop_reason
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError):
+            # a second Ctrl-C aborts at once; raised inside TVM's C++ loop it may surface as a
+            # RuntimeError: either way every record measured so far is already in the log
+            if progress.stop_reason != "interrupted":
+                raise
             stopped = "interrupted"
         finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
             ms_logger.setLevel(old_level)
             shutil.rmtree(work, ignore_errors=True)
             # a run that was not stopped spent every budget (a task whose search space holds
@@ -255,6 +264,21 @@ def _runner(ms, rpc: RPCSettings | None):
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
 
 
+def _install_sigint(progress, log: Progress):
+    """First Ctrl-C: finish the batch in flight, keep its records, stop. Second: abort."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum, frame):
+        if progress.stop_reason == "interrupted":
+            raise KeyboardInterrupt
+        progress.stop_reason = "interrupted"
+        log("[tune] Ctrl-C: stopping after the batch being measured (Ctrl-C again to abort "
+            "now); every record is kept")
+
+    return signal.signal(signal.SIGINT, on_sigint)
+
+
 def _counting_runner(ms, inner, log: Progress, t0: float, *, total: int):
     """Wraps the runner to report each batch as it is sent for measurement: the per-task
     results only come back after the scheduler's first round over every task."""
@@ -287,7 +311,7 @@ def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,
         def __init__(self):
             self.trials = 0
             self.group: list[int] = []
-            self.out_of_time = False
+            self.stop_reason: str | None = None  # "time budget" or "interrupted"
 
         def set_group(self, idx):
             self.group = idx
@@ -310,9 +334,11 @@ def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,
                 f"{st.done_before + st.measured}/{st.budget}, best {best}  "
                 f"end-to-end est. {est:.3f} ms ({len(known)}/{len(states)} tasks)  "
                 f"elapsed {_fmt_s(elapsed)}  ETA {_fmt_s(eta)}")
-            if time_budget_s is not None and elapsed > time_budget_s and not self.out_of_time:
-                self.out_of_time = True
+            if (time_budget_s is not None and elapsed > time_budget_s
+                    and self.stop_reason is None):
+                self.stop_reason = "time budget"
                 log(f"[tune] time budget of {_fmt_s(time_budget_s)} reached: stopping")
+            if self.stop_reason is not None:
                 for i, record in enumerate(task_scheduler.tasks_):
                     if not record.is_terminated:
                         task_scheduler.terminate_task(i)

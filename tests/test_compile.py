@@ -5,7 +5,7 @@ import pytest
 from conftest import make_conv_model, make_two_output_model, ort_run, rel_err
 
 import edgecc
-from edgecc import ModelError, OutputExistsError, cache
+from edgecc import ModelError, OutputExistsError, cache, frontend
 from edgecc.passes import PIPELINES, apply
 from edgecc.runtime import load, random_inputs
 from edgecc.targets import get_target
@@ -40,7 +40,7 @@ def test_multiple_outputs_keep_their_names(tmp_path):
 
 
 def test_lowered_ir_has_no_batch_norm_and_is_fused():
-    imported = edgecc.frontend.import_onnx(make_conv_model(), raw=b"", name="m",
+    imported = frontend.import_onnx(make_conv_model(), raw=b"", name="m",
                                            input_shapes={})
     assert "batch_norm" in imported.mod.script()
     tgt = get_target("x86_64")
@@ -54,7 +54,7 @@ def test_lowered_ir_has_no_batch_norm_and_is_fused():
     # the same kernel (and tuning workload) as the model without batch norm
     assert prim_funcs == ["fused_conv2d_add_relu"], prim_funcs
     assert text.count("R.call_tir(") == 1
-    no_bn = edgecc.frontend.import_onnx(make_conv_model(bn=False), raw=b"", name="m",
+    no_bn = frontend.import_onnx(make_conv_model(bn=False), raw=b"", name="m",
                                         input_shapes={})
     fused_no_bn = apply(no_bn.mod, names[: names.index("fuse") + 1], target=tgt)
     assert [gv.name_hint for gv, f in fused_no_bn.functions.items()
@@ -130,3 +130,41 @@ def test_torch_module_needs_example_inputs(tmp_path):
 def test_unsupported_model_object(tmp_path):
     with pytest.raises(ModelError, match="cannot compile a dict"):
         edgecc.compile({}, output=tmp_path / "t")
+
+
+def test_untuned_dense_kernels_get_a_default_cpu_schedule(tmp_path):
+    """No tuning record: the cpu-schedule pass still parallelizes GEMV-shaped kernels instead
+    of leaving naive loops (tuned kernels are left alone)."""
+    torch = pytest.importorskip("torch")
+    zoo = pytest.importorskip("zoo")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 64)
+    zoo.export_onnx(net, x, tmp_path / "lin.onnx")
+    raw = (tmp_path / "lin.onnx").read_bytes()
+    imported = frontend.import_onnx(frontend.parse_onnx_bytes(raw, source="lin"),
+                                           raw=raw, name="lin", input_shapes={})
+    names = PIPELINES["cpu-default"]
+    tgt = get_target("x86_64")
+    before = apply(imported.mod, names[: names.index("cpu-schedule")], target=tgt)
+    after = apply(before, ["cpu-schedule"], target=tgt)
+    kernels = lambda mod: [f for _, f in mod.functions.items()  # noqa: E731
+                           if type(f).__name__ == "PrimFunc"]
+    assert not any("T.parallel" in f.script() for f in kernels(before))
+    assert [("T.parallel" in f.script()) for f in kernels(after)] == [True]
+    r = edgecc.compile(tmp_path / "lin.onnx", output=tmp_path / "a", use_shipped_logs=False)
+    got = load(tmp_path / "a").run({"input": x.numpy()})["output"]
+    assert rel_err(got, net(x).detach().numpy()) <= 1e-4 and r.kernels == (0, 1)
+
+
+@pytest.mark.parametrize("target,pipeline", [("x86_64", "cpu-default"),
+                                             ("cuda-sm75", "cuda-default")])
+def test_every_pass_is_pure(target, pipeline):
+    """Each pass returns a new module and leaves the one it was given untouched."""
+    mod = frontend.import_onnx(make_conv_model(), raw=b"", name="m", input_shapes={}).mod
+    tgt = get_target(target)
+    for name in PIPELINES[pipeline]:
+        before = mod.script()
+        out = apply(mod, [name], target=tgt)
+        assert mod.script() == before, f"{name} changed its input module"
+        mod = out

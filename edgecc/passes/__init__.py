@@ -17,6 +17,7 @@ from . import (
     annotate_patterns,
     apply_tuning,
     canonicalize,
+    cpu_schedule,
     decompose_inference,
     dispatch_library,
     fold_batchnorm,
@@ -44,7 +45,7 @@ class PassInfo:
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
     for m in (fold_batchnorm, decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
-              annotate_patterns, fuse, layout_free, apply_tuning, prepack_weights, gpu_schedule,
+              annotate_patterns, fuse, layout_free, apply_tuning, cpu_schedule, prepack_weights, gpu_schedule,
               lower_dataflow, plan_memory, vm_lower)
 }
 
@@ -54,7 +55,7 @@ _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
     "cpu-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                              "fold-constant", "fuse", "layout-free", "apply-tuning",
-                             "prepack-weights") + _LOWER,
+                             "cpu-schedule", "prepack-weights") + _LOWER,
     "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                               "fold-constant", "fuse", "gpu-schedule") + _LOWER,
 }

@@ -39,7 +39,8 @@ def run(mod, *, target):
         out = relax.Call(conv_call.op, (m[x], weight), attrs)
         return relax.op.add(out, relax.op.reshape(shift, (1, channels, 1, 1)))
 
+    out = mod.clone()  # passes are pure: the caller's module is left as it was
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            mod[gv] = rewrite_call(pattern, rewriter, func)
-    return mod
+            out[gv] = rewrite_call(pattern, rewriter, func)
+    return out

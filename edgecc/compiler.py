@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cache
+from . import __version__, cache, passes, tuning_log
 from ._util import StageCallback, atomic_dir, check_output_dir, sha256_file, stage
+from .build import build_library, check_toolchain
 from .errors import ModelError
 from .manifest import LIBRARY_NAME, Manifest
 from .targets import Target, get_target
@@ -80,21 +81,15 @@ def compile_model(
     Tuning records from ``tuning_logs/<target>/`` (unless ``use_shipped_logs=False``) and from
     each directory in ``tuning_logs`` are applied to the kernels they match.
     """
-    from . import passes  # noqa: PLC0415  (no TVM import at module level)
-
     output = Path(output)
     tgt = target if isinstance(target, Target) else get_target(target)
     check_output_dir(output, force=force)
-    from .build import check_toolchain  # noqa: PLC0415
-
     check_toolchain(tgt)
     pipeline_name = pipeline or passes.default_pipeline(tgt)
     pass_names = passes.resolve(pipeline_name, tgt)
     passes.check_pass_names(print_ir_after)
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     kind, raw, name = _model_source(model, example_inputs=example_inputs)
-    from . import tuning_log  # noqa: PLC0415
-
     logs = (tuning_log.logs_for_compile(tgt, tuple(Path(p) for p in tuning_logs),
                                         use_shipped=use_shipped_logs)
             if passes.TUNE_AT in pass_names else [])
@@ -123,8 +118,6 @@ def compile_model(
         if hit is not None:
             return CompileResult(output=output, manifest=Manifest.read(output), cached=True,
                                  timings=timings)
-
-    from .build import build_library  # noqa: PLC0415
 
     with atomic_dir(output, force=force) as tmp:
         with stage("import", timed):
@@ -181,8 +174,6 @@ def _run_passes(mod, pass_names, tgt: Target, *, logs, print_ir_after, emit_ir):
     """Run the pipeline with the tuning logs' database in effect; count kernels right after
     ``apply-tuning`` (later passes add weight-layout helpers that are folded away)."""
     from contextlib import nullcontext  # noqa: PLC0415
-
-    from . import passes, tuning_log  # noqa: PLC0415
 
     db = tuning_log.union_database(logs)
     split = (list(pass_names).index(passes.TUNE_AT) + 1 if passes.TUNE_AT in pass_names

@@ -6,6 +6,7 @@ TVM's compiler: compile-side modules import it only when they run.
 
 from __future__ import annotations
 
+from ._threads import set_default_threads
 from .errors import (
     ArtifactError,
     EdgeccError,
@@ -20,6 +21,8 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+set_default_threads()  # before TVM creates its thread pool (see edgecc/_threads.py)
 
 __all__ = [
     "ArtifactError", "EdgeccError", "InputError", "ModelError", "OutputExistsError",

@@ -23,11 +23,14 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <sched.h>
+#include <set>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 namespace ffi = tvm::ffi;
@@ -432,9 +435,30 @@ int Run(const Options& o) {
   return 0;
 }
 
+// Without TVM_NUM_THREADS the TVM runtime uses half the logical CPUs on x86 (it assumes
+// hyper-threading). Use the physical cores this process may run on, unless the user chose.
+void SetDefaultThreads() {
+  if (getenv("TVM_NUM_THREADS") != nullptr || getenv("OMP_NUM_THREADS") != nullptr) return;
+  cpu_set_t set;
+  std::set<std::string> cores;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &set)) continue;
+      std::ifstream f("/sys/devices/system/cpu/cpu" + std::to_string(cpu) +
+                      "/topology/thread_siblings_list");
+      std::string siblings;
+      if (!(f && std::getline(f, siblings))) siblings = std::to_string(cpu);
+      cores.insert(siblings);
+    }
+  }
+  long n = cores.empty() ? sysconf(_SC_NPROCESSORS_ONLN) : static_cast<long>(cores.size());
+  setenv("TVM_NUM_THREADS", std::to_string(std::max(1L, n)).c_str(), 1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  SetDefaultThreads();
   try {
     return Run(ParseArgs(argc, argv));
   } catch (const UserError& e) {

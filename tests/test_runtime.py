@@ -74,3 +74,19 @@ def test_artifact_errors(tmp_path, artifact):
     (bad / "model.so").unlink()
     with pytest.raises(ArtifactError, match="model.so is missing"):
         load(bad)
+
+
+def test_default_thread_count_is_the_physical_cores_unless_set():
+    """TVM alone uses half the logical CPUs on x86 (1 thread on a 2-vCPU machine)."""
+    import os
+
+    from edgecc._threads import physical_cores
+
+    code = "import os, edgecc; print(os.environ['TVM_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == str(physical_cores()) and 1 <= physical_cores() <= (os.cpu_count() or 1)
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, TVM_NUM_THREADS="3"),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "3"

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, table
+from common import example_onnx, machine, table
 
 PY_EDGECC = ("import sys; sys.modules['torch'] = None\n"  # a device has no torch
              "import numpy as np, edgecc.runtime as rt\n"
@@ -38,7 +38,6 @@ def cold_ms(cmd: list[str], runs: int) -> float:
 
 def main() -> int:
     import numpy as np
-    import zoo
 
     import edgecc
     from edgecc.package import package_artifact
@@ -49,9 +48,7 @@ def main() -> int:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgecc-bundle-"))
     try:
-        model, example = zoo.build(args.model)
-        onnx_path = work / "m.onnx"
-        zoo.export_onnx(model, example, onnx_path)
+        _, example, onnx_path, _ = example_onnx(args.model, work)
         np.save(work / "in.npy", example.numpy())
         rows = []
         bundles = {}

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import machine, table
+from common import example_onnx, machine, table
 
 HIDE_TORCH = "import sys; sys.modules['torch'] = None\n"
 
@@ -63,7 +63,6 @@ def measure(code: str, runs: int) -> dict[str, float]:
 
 
 def main() -> int:
-    import zoo
 
     import edgecc
 
@@ -73,9 +72,7 @@ def main() -> int:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgecc-startup-"))
     try:
-        model, example = zoo.build(args.model)
-        onnx_path = work / "m.onnx"
-        zoo.export_onnx(model, example, onnx_path)
+        _, example, onnx_path, _ = example_onnx(args.model, work)
         edgecc.compile(onnx_path, output=work / "art", use_cache=False)
         header = f"ART = {str(work / 'art')!r}; ONNX = {str(onnx_path)!r}; " \
                  f"SHAPE = {tuple(example.shape)}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -14,6 +15,14 @@ from pathlib import Path
 from .errors import OutputExistsError
 
 StageCallback = Callable[[str, float], None]
+
+
+def read_json(path: Path, error: type[Exception]):
+    """Parse a JSON file; a syntax error becomes ``error`` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._util import read_json
 from .errors import ArtifactError
 
 FORMAT = "edgecc-artifact"
@@ -77,11 +78,7 @@ class Manifest:
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
             raise ArtifactError(f"{directory}: no {MANIFEST_NAME} (not an edgecc artifact directory)")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json(path, ArtifactError), source=str(path))
 
     def write(self, directory: str | Path) -> Path:
         path = Path(directory) / MANIFEST_NAME

@@ -8,7 +8,6 @@ the ``aliases`` lists. Nothing here imports TVM.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -16,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ._util import read_json
 from .errors import TargetError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,11 +115,7 @@ def _load_all(directory: str) -> dict[str, Target]:
     if not d.is_dir():
         raise TargetError(f"targets directory {d} does not exist")
     for f in sorted(d.glob("*.json")):
-        try:
-            data = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise TargetError(f"{f}: not valid JSON ({e})") from None
-        t = parse_target(data, source=str(f))
+        t = parse_target(read_json(f, TargetError), source=str(f))
         if t.name != f.stem:
             raise TargetError(f"{f}: name {t.name!r} does not match the file name")
         out[t.name] = t

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._util import read_json
 from .errors import TuningLogError
 from .targets import ROOT, Target
 
@@ -37,10 +38,7 @@ def check_log(directory: Path, target: Target) -> dict[str, Any]:
         raise TuningLogError(f"tuning log '{directory}' does not exist")
     if not meta_path.is_file():
         raise TuningLogError(f"'{directory}' is not an edgecc tuning log (no {META})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise TuningLogError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = read_json(meta_path, TuningLogError)
     if meta.get("format") != "edgecc-tuning-log":
         raise TuningLogError(f"'{directory}' is not an edgecc tuning log")
     if meta.get("tvm_target") != target.target_json():

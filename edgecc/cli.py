@@ -87,10 +87,33 @@ def register_compile(sub) -> None:
                    "repeatable")
     p.add_argument("--no-shipped-logs", action="store_true",
                    help="do not apply the shipped tuning_logs/<target>/ records")
+    q = p.add_argument_group("compression")
+    q.add_argument("--quantize", choices=("int8", "fp16"),
+                   help="int8: static post-training quantization (calibrated QDQ, int8 x int8 -> "
+                   "int32 compute; needs --calibration); fp16: mixed precision, fp32 accumulation")
+    q.add_argument("--calibration", type=Path, metavar="DATA.npz",
+                   help="int8 calibration samples: one array per model input named like it "
+                   "(or 'x'), samples along the first axis")
+    q.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
+                   default="minmax", help="how activation ranges are chosen (default: minmax)")
+    q.add_argument("--per-channel", action="store_true",
+                   help="int8 weights with one scale per output channel (default: per tensor)")
     p.add_argument("-f", "--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-cache", action="store_true", help="bypass the compile cache")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(drive=drive_compile)
+
+
+def _quantization(args):
+    from .quantize import Quantization  # noqa: PLC0415
+
+    if args.quantize is None:
+        if args.calibration or args.per_channel or args.calibration_method != "minmax":
+            raise EdgeccError("--calibration, --calibration-method and --per-channel go with "
+                              "--quantize int8")
+        return None
+    return Quantization(args.quantize, calibration=args.calibration,
+                        method=args.calibration_method, per_channel=args.per_channel)
 
 
 def drive_compile(args) -> int:
@@ -108,7 +131,8 @@ def drive_compile(args) -> int:
         args.model, target=args.target, output=args.output, input_shapes=shapes,
         pipeline=args.pipeline, print_ir_after=tuple(args.print_ir_after), force=args.force,
         use_cache=not args.no_cache, tuning_logs=tuple(args.tuning_log),
-        use_shipped_logs=not args.no_shipped_logs, on_stage=None if args.quiet else _progress)
+        use_shipped_logs=not args.no_shipped_logs, quantize=_quantization(args),
+        on_stage=None if args.quiet else _progress)
     m = result.manifest
     if result.cache_note and not args.quiet:
         print(f"[edgecc] cache entry was corrupt and has been rebuilt: {result.cache_note}",
@@ -124,7 +148,22 @@ def drive_compile(args) -> int:
         logs = m.options.get("tuning_logs") or []
         print(f"  kernels: {tuned} tuned, {total - tuned} default schedule"
               + (f" (logs: {', '.join(logs)})" if logs else " (no tuning log for this target)"))
+    _print_compression(m.options)
     return 0
+
+
+def _print_compression(options) -> None:
+    from .quantize import QuantReport  # noqa: PLC0415
+
+    quant = options.get("quantize")
+    weights = options.get("weights_bytes")
+    if weights is not None:
+        print(f"  weights: {weights / 1024:.1f} KiB" + (f" ({quant['mode']})" if quant else ""))
+    if quant and quant.get("mode") == "int8":
+        report = QuantReport(quant["quantized"], quant["fp32"], quant["samples"])
+        print(f"  int8 ({quant['method']}, {'per channel' if quant['per_channel'] else 'per tensor'}"
+              f", {quant['samples']} calibration samples): {report.describe()}")
+        print(f"  QDQ model (runs in ONNX Runtime for comparison): {quant['qdq_model']}")
 
 
 # ----------------------------------------------------------------------------- tune

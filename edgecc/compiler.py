@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import __version__, cache, passes, tuning_log
 from ._util import StageCallback, atomic_dir, check_output_dir, sha256_file, stage
 from .build import build_library, check_toolchain
 from .errors import ModelError
-from .manifest import LIBRARY_NAME, Manifest
+from .manifest import LIBRARY_NAME, Manifest, TensorSpec
+from .quantize import Quantization
 from .targets import Target, get_target
+
+QDQ_MODEL = "model.qdq.onnx"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ def compile_model(
     use_cache: bool = True,
     tuning_logs: Sequence[str | Path] = (),
     use_shipped_logs: bool = True,
+    quantize: Quantization | None = None,
     on_stage: StageCallback | None = None,
     emit_ir: Callable[[str], None] = print,
 ) -> CompileResult:
@@ -80,16 +87,21 @@ def compile_model(
 
     Tuning records from ``tuning_logs/<target>/`` (unless ``use_shipped_logs=False``) and from
     each directory in ``tuning_logs`` are applied to the kernels they match.
+
+    ``quantize`` (see :class:`edgecc.quantize.Quantization`) compiles an int8 (calibrated, QDQ,
+    ONNX models only) or fp16 variant; the int8 QDQ model is kept as ``model.qdq.onnx``.
     """
     output = Path(output)
     tgt = target if isinstance(target, Target) else get_target(target)
     check_output_dir(output, force=force)
     check_toolchain(tgt)
     pipeline_name = pipeline or passes.default_pipeline(tgt)
-    pass_names = passes.resolve(pipeline_name, tgt)
+    pass_names = passes.with_quantization(passes.resolve(pipeline_name, tgt),
+                                          quantize.mode if quantize else None)
     passes.check_pass_names(print_ir_after)
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     kind, raw, name = _model_source(model, example_inputs=example_inputs)
+    calibration = _check_int8(quantize, kind=kind, raw=raw, model=model, name=name, shapes=shapes)
     logs = (tuning_log.logs_for_compile(tgt, tuple(Path(p) for p in tuning_logs),
                                         use_shipped=use_shipped_logs)
             if passes.TUNE_AT in pass_names else [])
@@ -104,10 +116,9 @@ def compile_model(
     key = None
     note = None
     if use_cache and raw is not None and not print_ir_after:
-        import hashlib  # noqa: PLC0415
-
         options = {"input_shapes": {k: list(v) for k, v in sorted(shapes.items())},
-                   "pipeline": list(pass_names), "tuning": tuning_log.fingerprint(logs)}
+                   "pipeline": list(pass_names), "tuning": tuning_log.fingerprint(logs),
+                   "quantize": quantize.cache_key() if quantize else None}
         key = cache.cache_key(model_sha256=hashlib.sha256(raw).hexdigest(),
                               target=tgt.to_dict(), options=options,
                               edgecc_version=__version__)
@@ -119,13 +130,30 @@ def compile_model(
             return CompileResult(output=output, manifest=Manifest.read(output), cached=True,
                                  timings=timings)
 
+    quant_info = None
     with atomic_dir(output, force=force) as tmp:
+        source = raw
+        if calibration is not None:
+            from .quantize import quantize_int8  # noqa: PLC0415
+
+            with stage("quantize", timed):
+                source, report = quantize_int8(raw, calibration, method=quantize.method,
+                                               per_channel=quantize.per_channel)
+                (tmp / QDQ_MODEL).write_bytes(source)
+            quant_info = {"mode": "int8", "method": quantize.method,
+                          "per_channel": quantize.per_channel, "qdq_model": QDQ_MODEL,
+                          **report.to_dict()}
+        elif quantize is not None:
+            quant_info = {"mode": quantize.mode}
         with stage("import", timed):
-            imported = import_model(model, kind=kind, raw=raw, name=name, shapes=shapes,
+            imported = import_model(model, kind=kind, raw=source, name=name, shapes=shapes,
                                     example_inputs=example_inputs)
+            if source is not raw:  # the manifest names the user's model, not the QDQ copy
+                imported = replace(imported, sha256=hashlib.sha256(raw).hexdigest())
         with stage("passes", timed):
             lowered, kernels = _run_passes(imported.mod, pass_names, tgt, logs=logs,
                                            print_ir_after=print_ir_after, emit_ir=emit_ir)
+            weights = constant_bytes(lowered)
         with stage("build", timed):
             result = build_library(lowered, tgt, tmp)
         with stage("export", timed):
@@ -138,6 +166,8 @@ def compile_model(
                 options={"pipeline": pipeline_name,
                          "cuda_fatbin": result.cuda_fatbin.name if result.cuda_fatbin else None,
                          "kernels": kernels,
+                         "weights_bytes": weights,
+                         "quantize": quant_info,
                          "tuning_logs": [str(p) for p in logs]},
             )
             manifest.write(tmp)
@@ -160,6 +190,43 @@ def import_model(model, *, kind: str, raw: bytes | None, name: str,
         raise ModelError("--input-shape is for ONNX models; a torch module takes its shapes "
                          "from example_inputs")
     return frontend.import_torch(model, example_inputs, name=name)
+
+
+def _check_int8(quantize: Quantization | None, *, kind, raw, model, name, shapes):
+    """Validate int8 calibration data against the model's inputs before any work; returns the
+    calibration feeds (None unless int8)."""
+    if quantize is None or quantize.mode != "int8":
+        return None
+    if kind != "onnx":
+        raise ModelError("--quantize int8 takes an ONNX model (export the torch module to ONNX "
+                         "first); fp16 works for both")
+    from . import frontend, quantize as q  # noqa: PLC0415
+
+    proto = frontend.parse_onnx_bytes(raw, source=str(model) if isinstance(model, str | Path)
+                                      else name)
+    q.check_quantizable(proto)
+    declared = frontend._onnx_inputs(proto)
+    resolved = frontend.resolve_input_shapes(declared, shapes)
+    specs = [TensorSpec(n, resolved[n], dt) for n, _, dt in declared]
+    return q.load_calibration(quantize.calibration, specs)
+
+
+def constant_bytes(mod) -> int:
+    """Bytes of the constants (weights) left in the compiled module's Relax functions."""
+    from tvm import relax  # noqa: PLC0415
+    from tvm.ir.expr import GenericConst  # noqa: PLC0415  (a Relax constant in TVM 0.27)
+
+    seen: dict[Any, int] = {}  # keyed by the object: a constant used twice counts once
+
+    def visit(e):
+        if isinstance(e, GenericConst) and hasattr(e.value, "shape"):
+            t = e.value
+            seen[e] = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(str(t.dtype)).itemsize
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return sum(seen.values())
 
 
 def count_kernels(mod) -> dict[str, int]:

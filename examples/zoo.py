@@ -115,6 +115,25 @@ class EncoderBlock(nn.Module):
         return x + self.ff(self.ln2(x))
 
 
+class DigitsCNN(nn.Module):
+    """The reference CNN for the compression work: sklearn's 8x8 handwritten digits, 10 classes.
+    Conv+BN+ReLU blocks so that batch-norm folding, quantization and channel pruning all apply."""
+
+    def __init__(self, width: int = 32, num_classes: int = 10):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
 # name -> (constructor, example input shape)
 MODELS = {
     "mobilenetv2": (MobileNetV2Small, (1, 3, 96, 96)),
@@ -122,6 +141,8 @@ MODELS = {
     "mlp": (MLP, (1, 256)),
     "transformer": (EncoderBlock, (1, 32, 64)),
 }
+# trained, not random: made by examples/make_digits.py
+TRAINED = {"digits": (DigitsCNN, (1, 1, 8, 8))}
 
 
 def build(name: str, *, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
@@ -137,10 +158,15 @@ def build(name: str, *, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 1))
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path) -> None:
+def export_onnx(model: nn.Module, example: torch.Tensor, path, *, keep_batchnorm: bool = False,
+                ) -> None:
+    """ONNX (opset 17, input "input", output "output"). ``keep_batchnorm`` exports in training
+    mode so BatchNormalization nodes stay in the graph (the exporter folds them otherwise)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        mode = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
         torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"],
-                          output_names=["output"], opset_version=17)
+                          output_names=["output"], opset_version=17, training=mode,
+                          do_constant_folding=not keep_batchnorm)

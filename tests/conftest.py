@@ -75,3 +75,14 @@ def ort_run(model: onnx.ModelProto | Path, feed: dict) -> list[np.ndarray]:
 
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """The reference digits CNN, trained once per session by examples/make_digits.py (~8 s):
+    digits.onnx, digits_calib.npz, digits_test.npz."""
+    import make_digits
+
+    out = tmp_path_factory.mktemp("digits")
+    assert make_digits.main(["-o", str(out)]) == 0  # exits 1 under 97% test accuracy
+    return out

@@ -29,6 +29,8 @@ from . import (
     lower_dataflow,
     plan_memory,
     prepack_weights,
+    qdq_to_int8,
+    to_fp16,
     vm_lower,
 )
 
@@ -44,7 +46,7 @@ class PassInfo:
 
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
-    for m in (fold_batchnorm, decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
+    for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
               annotate_patterns, fuse, layout_free, apply_tuning, cpu_schedule, prepack_weights, gpu_schedule,
               lower_dataflow, plan_memory, vm_lower)
 }
@@ -86,6 +88,21 @@ def resolve(pipeline: str, target: Target) -> tuple[str, ...]:
     return names
 
 
+def with_quantization(names: Sequence[str], mode: str | None) -> tuple[str, ...]:
+    """The pipeline ``names`` with the passes a quantization mode needs: ``qdq-to-int8`` first
+    (before constant folding turns int8 weights back into fp32), ``to-fp16`` + a constant fold
+    right after the front passes (before lowering)."""
+    names = tuple(names)
+    if mode is None:
+        return names
+    if mode == "int8":
+        return ("qdq-to-int8",) + names
+    if mode == "fp16":
+        at = names.index("dispatch-library")
+        return names[:at] + ("to-fp16", "fold-constant") + names[at:]
+    raise EdgeccError(f"unknown quantization mode {mode!r}")
+
+
 def check_pass_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in PASSES and n != "all"]
     if unknown:
@@ -114,4 +131,6 @@ def describe_pipelines() -> str:
     lines += [f"  {p.name:<{width}}  {p.description}" for p in PASSES.values()]
     lines.append("pipelines:")
     lines += [f"  {name}: {' -> '.join(steps)}" for name, steps in PIPELINES.items()]
+    lines.append("  --quantize int8 runs qdq-to-int8 first; --quantize fp16 inserts to-fp16 -> "
+                 "fold-constant before dispatch-library")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ set_default_threads()  # before TVM creates its thread pool (see edgecc/_threads
 __all__ = [
     "ArtifactError", "EdgeccError", "InputError", "ModelError", "OutputExistsError",
     "TargetError", "ToolchainError", "TuningLogError", "UnsupportedOperatorError", "VerificationError",
-    "compile", "load", "verify", "get_target", "list_targets", "__version__",
+    "compile", "load", "verify", "prune", "distill", "get_target", "list_targets", "__version__",
 ]
 
 
@@ -50,6 +50,20 @@ def verify(artifact, model, **kwargs):
     from .verify import verify_artifact  # noqa: PLC0415
 
     return verify_artifact(artifact, model, **kwargs)
+
+
+def prune(model, **kwargs):
+    """Prune an ``onnx.ModelProto``; see :func:`edgecc.prune.prune`."""
+    from .prune import prune as _prune  # noqa: PLC0415
+
+    return _prune(model, **kwargs)
+
+
+def distill(teacher, student, **kwargs):
+    """Knowledge distillation of ONNX models; see :func:`edgecc.distill.distill`."""
+    from .distill import distill as _distill  # noqa: PLC0415
+
+    return _distill(teacher, student, **kwargs)
 
 
 def get_target(name):

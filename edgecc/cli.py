@@ -67,6 +67,20 @@ def load_inputs(items: Sequence[tuple[str | None, Path]]) -> dict[str, np.ndarra
 # ----------------------------------------------------------------------------- compile
 
 
+def _add_quantize_args(p) -> None:
+    q = p.add_argument_group("compression")
+    q.add_argument("--quantize", choices=("int8", "fp16"),
+                   help="int8: static post-training quantization (calibrated QDQ, int8 x int8 -> "
+                   "int32 compute; needs --calibration); fp16: fp16 weights and products, fp32 accumulation")
+    q.add_argument("--calibration", type=Path, metavar="DATA.npz",
+                   help="int8 calibration samples: one array per model input named like it "
+                   "(or 'x'), samples along the first axis")
+    q.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
+                   default="minmax", help="how activation ranges are chosen (default: minmax)")
+    q.add_argument("--per-channel", action="store_true",
+                   help="int8 weights with one scale per output channel (default: per tensor)")
+
+
 def register_compile(sub) -> None:
     p = sub.add_parser("compile", help="compile a model into a deployable artifact directory",
                        description="Import an ONNX model, run the pass pipeline, build a shared "
@@ -87,17 +101,7 @@ def register_compile(sub) -> None:
                    "repeatable")
     p.add_argument("--no-shipped-logs", action="store_true",
                    help="do not apply the shipped tuning_logs/<target>/ records")
-    q = p.add_argument_group("compression")
-    q.add_argument("--quantize", choices=("int8", "fp16"),
-                   help="int8: static post-training quantization (calibrated QDQ, int8 x int8 -> "
-                   "int32 compute; needs --calibration); fp16: mixed precision, fp32 accumulation")
-    q.add_argument("--calibration", type=Path, metavar="DATA.npz",
-                   help="int8 calibration samples: one array per model input named like it "
-                   "(or 'x'), samples along the first axis")
-    q.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
-                   default="minmax", help="how activation ranges are chosen (default: minmax)")
-    q.add_argument("--per-channel", action="store_true",
-                   help="int8 weights with one scale per output channel (default: per tensor)")
+    _add_quantize_args(p)
     p.add_argument("-f", "--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-cache", action="store_true", help="bypass the compile cache")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -149,6 +153,10 @@ def drive_compile(args) -> int:
         print(f"  kernels: {tuned} tuned, {total - tuned} default schedule"
               + (f" (logs: {', '.join(logs)})" if logs else " (no tuning log for this target)"))
     _print_compression(m.options)
+    quant = m.options.get("quantize") or {}
+    if quant.get("mode") == "fp16" and m.device == "cpu" and m.arch == "x86_64":
+        print("  note: x86 CPUs have no fp16 arithmetic: the fp16 artifact is half the weight "
+              "size but slower than fp32 here; fp16 pays off on CUDA and ARMv8.2+ targets")
     return 0
 
 
@@ -189,9 +197,10 @@ def register_tune(sub) -> None:
                    "with this TVM RPC tracker")
     p.add_argument("--rpc-key", help="the device key at the tracker")
     p.add_argument("--num-cores", type=int, help="the device's core count (default: this "
-                   "machine's physical cores; 4 over RPC)")
+                   "machine's physical cores; over RPC: what edgecc-run serve reports, else 4)")
     p.add_argument("--keep-best", type=int, metavar="N", help="afterwards, keep only the N "
                    "fastest records per kernel (small logs to ship; trial counts are kept)")
+    _add_quantize_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
     p.set_defaults(drive=drive_tune)
 
@@ -208,7 +217,7 @@ def drive_tune(args) -> int:
     r = tune_model(args.model, target=args.target, trials_per_task=args.trials,
                    time_budget_s=budget, log_dir=args.log_dir, input_shapes=dict(args.input_shape),
                    rpc=rpc, num_cores=args.num_cores, on_progress=log,
-                   keep_best=args.keep_best)
+                   keep_best=args.keep_best, quantize=_quantization(args))
     width = max([len(t.name) for t in r.tasks] + [4])
     print(f"{'task':<{width}}  weight  trials  best (us)")
     for t in r.tasks:
@@ -267,9 +276,7 @@ def register_run(sub) -> None:
     p.add_argument("--bench", type=int, metavar="REPEAT", default=0,
                    help="also time REPEAT measurements (mean/p50/p90)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
-    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
-                   help="run on a device registered with this TVM RPC tracker")
-    p.add_argument("--rpc-key", help="the device key at the tracker")
+    _add_rpc_args(p, "run")
     p.set_defaults(drive=drive_run)
 
 
@@ -287,8 +294,9 @@ def drive_run(args) -> int:
     if remote:
         from .remote import run_remote  # noqa: PLC0415
 
-        outputs, bench = run_remote(args.artifact, remote, feed, bench_repeat=args.bench)
-        print(f"ran on device {remote.key!r} via {remote.tracker_host}:{remote.tracker_port}")
+        ran = run_remote(args.artifact, remote, feed, bench_repeat=args.bench)
+        outputs, bench = ran.outputs, ran.bench
+        print(f"ran on {ran.where(remote)}")
     else:
         outputs = m.run(feed)
     if args.output:
@@ -310,7 +318,16 @@ def _rpc_settings(args):
         return None
     from .tune import RPCSettings  # noqa: PLC0415
 
-    return RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "")
+    return RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "",
+                             session_timeout_s=args.rpc_session_timeout)
+
+
+def _add_rpc_args(p, what: str) -> None:
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help=f"{what} on a device registered at "
+                   "this TVM RPC tracker (edgecc-run serve or python -m tvm.exec.rpc_server)")
+    p.add_argument("--rpc-key", help="the device key at the tracker")
+    p.add_argument("--rpc-session-timeout", type=int, default=120, metavar="S",
+                   help="end the device session after S seconds (default 120)")
 
 
 # ----------------------------------------------------------------------------- bench
@@ -323,9 +340,7 @@ def register_bench(sub) -> None:
     p.add_argument("artifact", type=Path)
     p.add_argument("--repeat", type=int, default=50, help="measurements (default 50)")
     p.add_argument("--number", type=int, default=1, help="runs per measurement (default 1)")
-    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="benchmark on a device at this "
-                   "TVM RPC tracker")
-    p.add_argument("--rpc-key", help="the device key at the tracker")
+    _add_rpc_args(p, "benchmark")
     p.set_defaults(drive=drive_bench)
 
 
@@ -340,9 +355,9 @@ def drive_bench(args) -> int:
         from .remote import run_remote  # noqa: PLC0415
 
         feed = random_inputs(Manifest.read(args.artifact).inputs)
-        _, result = run_remote(args.artifact, remote, feed, bench_repeat=args.repeat,
-                               bench_number=args.number)
-        where = f"device {remote.key!r} via {remote.tracker_host}:{remote.tracker_port}"
+        ran = run_remote(args.artifact, remote, feed, bench_repeat=args.repeat,
+                         bench_number=args.number)
+        result, where = ran.bench, ran.where(remote)
     else:
         m = load(args.artifact)
         result = m.benchmark(repeat=args.repeat, number=args.number)

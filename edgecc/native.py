@@ -144,3 +144,32 @@ def build_loader(arch: str, *, log=print) -> Path:
         raise ToolchainError(f"building the native loader failed:\n{proc.stderr.strip()[-2000:]}")
     tmp_out.rename(out)
     return out
+
+
+def _this_arch() -> str:
+    import platform  # noqa: PLC0415
+
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def server_command(arch: str, *, tracker: str, key: str, host: str = "127.0.0.1", port: int = 0,
+                   threads: int | None = None, log=print) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that start ``edgecc-run serve`` for ``arch`` on this machine: natively,
+    or under ``qemu-aarch64`` for an aarch64 server on an x86 host (an emulated ARM board)."""
+    binary = build_loader(arch, log=log)
+    libdir = {str(p.parent) for p in runtime_libs(arch, log=log).values()}
+    env = dict(os.environ)
+    args = [str(binary), "serve", "--tracker", tracker, "--key", key, "--host", host,
+            "--port", str(port)]
+    if threads:
+        args += ["--threads", str(threads)]
+    if arch == _this_arch():
+        env["LD_LIBRARY_PATH"] = ":".join([*sorted(libdir), env.get("LD_LIBRARY_PATH", "")])
+        return args, env
+    if arch != "aarch64" or shutil.which("qemu-aarch64") is None:
+        raise ToolchainError(f"cannot run an {arch} server here: needs qemu-aarch64 (Debian "
+                             "package qemu-user)")
+    sysroot = "/usr/aarch64-linux-gnu"
+    return (["qemu-aarch64", "-L", sysroot, "-E", "LD_LIBRARY_PATH=" + ":".join(sorted(libdir)),
+             *args], env)

@@ -1,12 +1,15 @@
 """Devices behind a TVM RPC tracker: status, remote run and benchmark (like tvmc's remote run).
 
-Uses TVM's own RPC protocol and tracker (``python -m tvm.exec.rpc_tracker`` /
-``python -m tvm.exec.rpc_server`` or any TVM RPC server on the device).
+Uses TVM's own RPC protocol and tracker (``python -m tvm.exec.rpc_tracker``) with any TVM RPC
+server on the device: ``edgecc-run serve`` (native, no Python) or ``python -m tvm.exec.rpc_server``.
+``edgecc-run serve`` also answers ``edgecc.device_info`` (architecture, threads), so an artifact
+for the wrong architecture is refused before it is uploaded.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,8 @@ class TrackerStatus:
         lines = [f"tracker {self.address}: {len(self.servers)} device server(s)"]
         keys = sorted({k for _, k in self.servers} | set(self.queues))
         if not keys:
-            lines.append("  no device is registered (start one with: python -m "
+            lines.append("  no device is registered (on the device: edgecc-run serve --tracker "
+                         "HOST:PORT --key KEY, from an 'edgecc package' bundle; or python -m "
                          "tvm.exec.rpc_server --tracker HOST:PORT --key KEY)")
         for key in keys:
             total = sum(1 for _, k in self.servers if k == key)
@@ -81,10 +85,26 @@ def check_device(settings: RPCSettings) -> TrackerStatus:
     return status
 
 
+def wait_for_free_device(settings: RPCSettings) -> TrackerStatus:
+    """The tracker's status once a device with the key is free; a clear error (not a hang) when
+    every such device stays busy for ``settings.wait_s``."""
+    status = check_device(settings)
+    deadline = time.monotonic() + settings.wait_s
+    while status.queues.get(settings.key, (0, 0))[0] == 0:
+        if time.monotonic() > deadline:
+            total = sum(1 for _, k in status.servers if k == settings.key)
+            raise RemoteError(f"no free device with key {settings.key!r} at {status.address}: "
+                              f"all {total} are busy (waited {settings.wait_s:.0f} s); try again "
+                              "later or add devices")
+        time.sleep(0.25)
+        status = check_device(settings)
+    return status
+
+
 def _session(settings: RPCSettings):
     from tvm import rpc  # noqa: PLC0415
 
-    check_device(settings)
+    wait_for_free_device(settings)
     tracker = rpc.connect_tracker(settings.tracker_host, settings.tracker_port)
     try:
         return tracker.request(settings.key, priority=1,
@@ -94,9 +114,64 @@ def _session(settings: RPCSettings):
                           f"{settings.tracker_host}:{settings.tracker_port}: {e}") from None
 
 
+def device_info(sess) -> dict | None:
+    """The device's ``{"arch", "server", "threads"}`` if its server is ``edgecc-run serve``; None
+    for servers that cannot tell (TVM's Python server)."""
+    import json  # noqa: PLC0415
+
+    try:
+        f = sess.get_function("edgecc.device_info")
+    except Exception:  # noqa: BLE001  (the remote raises a generic error for unknown functions)
+        return None
+    return json.loads(str(f()))
+
+
+def check_arch(sess, *, arch: str, what: str, settings: RPCSettings) -> dict | None:
+    """Refuse (before any upload) when the device's architecture is not ``arch``."""
+    info = device_info(sess)
+    if info is not None and info.get("arch") != arch:
+        raise RemoteError(f"{what} is for {arch} but the device {settings.key!r} at "
+                          f"{settings.tracker_host}:{settings.tracker_port} is {info.get('arch')}: "
+                          "nothing was uploaded")
+    return info
+
+
+def probe_device(settings: RPCSettings, *, arch: str, what: str) -> dict | None:
+    """Open a short session to check the device's architecture (see :func:`check_arch`)."""
+    sess = _session(settings)
+    return check_arch(sess, arch=arch, what=what, settings=settings)
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    outputs: dict[str, np.ndarray]
+    bench: BenchmarkResult | None
+    device: dict | None  # edgecc.device_info of an edgecc-run server, else None
+
+    def where(self, settings: RPCSettings) -> str:
+        """``device 'rpi4' (aarch64, emulated: ...) via host:port`` for messages."""
+        extra = ""
+        if self.device:
+            extra = f" ({self.device.get('arch')}, edgecc-run serve"
+            if self.device.get("emulated"):
+                extra += ", emulated: timings only prove the path works"
+            extra += ")"
+        return f"device {settings.key!r}{extra} via {settings.tracker_host}:{settings.tracker_port}"
+
+
+def remote_failure(e: BaseException, settings: RPCSettings, started: float,
+                   what: str) -> RemoteError:
+    """A RemoteError for an RPC call that failed: a session timeout says so."""
+    elapsed = time.monotonic() - started
+    last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    if elapsed >= settings.session_timeout_s - 0.5 or "SessionTimeout" in str(e):
+        return RemoteError(f"{what} on {settings.key!r} hit the session timeout "
+                           f"({settings.session_timeout_s} s, --rpc-session-timeout): {last}")
+    return RemoteError(f"{what} on {settings.key!r} failed: {type(e).__name__}: {last}")
+
+
 def run_remote(artifact: str | Path, settings: RPCSettings, inputs: Mapping[str, np.ndarray], *,
-               bench_repeat: int = 0, bench_number: int = 1
-               ) -> tuple[dict[str, np.ndarray], BenchmarkResult | None]:
+               bench_repeat: int = 0, bench_number: int = 1) -> RemoteRun:
     """Upload the artifact to a device, run it there, bring the outputs back (and time it)."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
@@ -107,6 +182,9 @@ def run_remote(artifact: str | Path, settings: RPCSettings, inputs: Mapping[str,
         raise RemoteError("remote run supports CPU artifacts only for now")
     arrays = check_inputs(manifest.inputs, inputs)
     sess = _session(settings)
+    info = check_arch(sess, arch=manifest.arch,
+                      what=f"artifact '{artifact}' (target {manifest.target})", settings=settings)
+    started = time.monotonic()
     try:
         sess.upload(str(artifact / manifest.library))
         rmod = sess.load_module(manifest.library)
@@ -121,6 +199,5 @@ def run_remote(artifact: str | Path, settings: RPCSettings, inputs: Mapping[str,
             timer = vm.time_evaluator("main", dev, number=bench_number, repeat=bench_repeat)
             bench = summarize(list(timer(*args).results), number=bench_number)
     except (RuntimeError, OSError, tvm.error.TVMError) as e:
-        raise RemoteError(f"remote run on {settings.key!r} failed: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
-    return outputs, bench
+        raise remote_failure(e, settings, started, "remote run") from None
+    return RemoteRun(outputs, bench, info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import shutil
 import platform
 import statistics
 import struct
@@ -134,6 +135,24 @@ def random_inputs(specs: tuple[TensorSpec, ...], *, seed: int = 0) -> dict[str, 
     return out
 
 
+_LOADED: dict[str, str] = {}  # library path -> sha256 of what was dlopen'ed from it
+
+
+def _loadable_path(library: Path, sha256: str) -> str:
+    """``library``, or a private copy of it when a different library was already loaded from the
+    same path in this process: dlopen would hand back the old, stale code (recompiling into the
+    same directory and loading it again, e.g. in a notebook)."""
+    key = str(library.resolve())
+    if _LOADED.setdefault(key, sha256) == sha256:
+        return key
+    import tempfile  # noqa: PLC0415
+
+    fd, copy = tempfile.mkstemp(prefix="edgecc-", suffix=".so")
+    os.close(fd)
+    shutil.copyfile(library, copy)
+    return copy
+
+
 class Model:
     """A loaded artifact. Not thread-safe: one ``run`` at a time per Model."""
 
@@ -146,7 +165,8 @@ class Model:
         import tvm_ffi  # noqa: PLC0415
 
         self._ffi = tvm_ffi
-        self._lib = tvm_ffi.load_module(str(directory / manifest.library))
+        self._lib = tvm_ffi.load_module(_loadable_path(directory / manifest.library,
+                                                       manifest.library_sha256))
         self._vm = self._lib["vm_load_executable"]()
         self._dev_type = _KDL_CUDA if manifest.device == "cuda" else _KDL_CPU
         self._vm["vm_initialization"](self._dev_type, 0, _POOLED_ALLOCATOR,

@@ -35,15 +35,18 @@ class RPCSettings:
     tracker_port: int
     key: str
     session_timeout_s: int = 120
+    wait_s: float = 15.0  # how long to wait for a busy device to become free
 
     @classmethod
-    def parse(cls, tracker: str, key: str) -> RPCSettings:
+    def parse(cls, tracker: str, key: str, *, session_timeout_s: int = 120) -> RPCSettings:
         host, sep, port = tracker.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise EdgeccError(f"bad --rpc-tracker {tracker!r}: expected HOST:PORT")
         if not key:
             raise EdgeccError("--rpc-tracker needs --rpc-key (the device key)")
-        return cls(host, int(port), key)
+        if session_timeout_s < 1:
+            raise EdgeccError("the RPC session timeout must be at least 1 s")
+        return cls(host, int(port), key, session_timeout_s)
 
 
 @dataclass
@@ -108,13 +111,15 @@ def tune_model(
     on_progress: Progress | None = print,
     seed: int = 0,
     keep_best: int | None = None,
+    quantize=None,
 ) -> TuneResult:
     """Tune ``model``'s kernels for ``target``; records go to ``log_dir`` (default
-    ``tuning_logs/<target>/``)."""
+    ``tuning_logs/<target>/``). ``quantize`` (an :class:`edgecc.quantize.Quantization`) tunes the
+    kernels of that compressed variant, exactly as ``compile`` with the same option builds it."""
     import psutil  # noqa: PLC0415
 
     from . import passes  # noqa: PLC0415
-    from .compiler import _model_source, import_model  # noqa: PLC0415
+    from .compiler import _check_int8, _model_source, import_model  # noqa: PLC0415
 
     tgt = target if isinstance(target, Target) else get_target(target)
     if tgt.is_gpu:
@@ -123,25 +128,34 @@ def tune_model(
     if trials_per_task < 1:
         raise EdgeccError("--trials must be at least 1")
     log = on_progress or (lambda _msg: None)
-    log_dir = Path(log_dir) if log_dir else tuning_log.shipped_log_dir(tgt)
-    tuning_log.ensure_log(log_dir, tgt, cache.tvm_version())
     if rpc is None:
         cores = num_cores or psutil.cpu_count(logical=False) or os.cpu_count() or 1
     else:
-        from .remote import check_device  # noqa: PLC0415
+        from .remote import check_device, probe_device  # noqa: PLC0415
 
         check_device(rpc)
-        cores = num_cores or 4
+        info = probe_device(rpc, arch=tgt.arch, what=f"tuning for {tgt.name}") or {}
+        cores = num_cores or int(info.get("threads") or 0) or 4
+    log_dir = Path(log_dir) if log_dir else tuning_log.shipped_log_dir(tgt)
+    tuning_log.ensure_log(log_dir, tgt, cache.tvm_version())
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     kind, raw, name = _model_source(model, example_inputs=example_inputs)
+    calibration = _check_int8(quantize, kind=kind, raw=raw, model=model, name=name, shapes=shapes)
 
     import tvm  # noqa: PLC0415
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
 
     t0 = time.perf_counter()
+    if calibration is not None:
+        from .quantize import quantize_int8  # noqa: PLC0415
+
+        log(f"[edgecc] calibrating int8 on {len(calibration)} samples")
+        raw, _ = quantize_int8(raw, calibration, method=quantize.method,
+                               per_channel=quantize.per_channel)
     imported = import_model(model, kind=kind, raw=raw, name=name, shapes=shapes,
                             example_inputs=example_inputs)
-    names = passes.resolve(passes.default_pipeline(tgt), tgt)
+    names = passes.with_quantization(passes.resolve(passes.default_pipeline(tgt), tgt),
+                                     quantize.mode if quantize else None)
     mod = passes.apply(imported.mod, passes.tuning_prefix(names), target=tgt)
     tune_target = tvm.target.Target({**tgt.target_json(), "num-cores": int(cores)})
     db = tuning_log.open_database(log_dir)
@@ -247,9 +261,11 @@ def _run_us(run_secs) -> float | None:
 
 
 def _builder(ms, tgt: Target, rpc: RPCSettings | None):
-    from .tune_build import cross_export_aarch64, fast_build  # noqa: PLC0415
+    from .tune_build import cross_export_aarch64, export_x86_64, fast_build  # noqa: PLC0415
 
-    export = cross_export_aarch64 if (rpc is not None and tgt.arch == "aarch64") else None
+    export = None
+    if rpc is not None:  # a linked .so: the device may have no compiler
+        export = cross_export_aarch64 if tgt.arch == "aarch64" else export_x86_64
     return ms.builder.LocalBuilder(f_build=fast_build, f_export=export,
                                    max_workers=os.cpu_count() or 1, timeout_sec=60)
 

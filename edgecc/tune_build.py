@@ -15,13 +15,23 @@ def fast_build(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
-def cross_export_aarch64(rt_mod) -> str:
-    """Export a candidate as an aarch64 shared object (for RPC devices that are aarch64)."""
+def _export_so(rt_mod, compiler: str) -> str:
     import os  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
     from tvm.support import cc  # noqa: PLC0415
 
     path = os.path.join(tempfile.mkdtemp(), "candidate.so")
-    rt_mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+    rt_mod.export_library(path, fcompile=cc.cross_compiler(compiler))
     return path
+
+
+def cross_export_aarch64(rt_mod) -> str:
+    """A candidate as an aarch64 shared object, linked here (RPC devices need no compiler)."""
+    return _export_so(rt_mod, "aarch64-linux-gnu-g++")
+
+
+def export_x86_64(rt_mod) -> str:
+    """A candidate as an x86_64 shared object, linked here: TVM's default exports a .tar that the
+    device must link itself, which a device without a compiler (edgecc-run serve) cannot do."""
+    return _export_so(rt_mod, "g++")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -56,30 +57,73 @@ def _tracker_keys(port: int) -> list[str]:
         return []
 
 
+@dataclass
+class Cluster:
+    """A tracker on 127.0.0.1 and its device servers (key -> process)."""
+
+    port: int
+    servers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def tracker(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def stop_server(self, key: str) -> None:
+        """Kill one device server (by PID, with its children): a device dropping off."""
+        _stop(self.servers[key])
+
+
+def python_server(key: str, tracker_port: int):
+    """TVM's Python RPC server."""
+    sport = free_port()
+    return ([sys.executable, "-m", "tvm.exec.rpc_server", "--host", HOST, "--port", str(sport),
+             "--port-end", str(sport + 1), "--tracker", f"{HOST}:{tracker_port}", "--key", key,
+             "--silent"], dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def native_server(arch: str, *, threads: int = 1):
+    """``edgecc-run serve`` for ``arch`` (aarch64 runs under qemu-aarch64)."""
+    from edgecc.native import server_command
+
+    def make(key: str, tracker_port: int):
+        return server_command(arch, tracker=f"{HOST}:{tracker_port}", key=key, host=HOST,
+                              port=0, threads=threads, log=lambda _m: None)
+    return make
+
+
 @contextmanager
-def rpc_cluster(keys: list[str]):
-    """Start a tracker and one CPU device server per key; yield the tracker port."""
+def device_cluster(servers: dict[str, object], *, timeout: float = 60):
+    """Start a tracker and one device server per key (key -> command factory, e.g.
+    ``python_server`` or ``native_server("aarch64")``); yield a :class:`Cluster`."""
     procs: list[subprocess.Popen] = []
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     port = free_port()
+    cluster = Cluster(port)
     try:
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", HOST, "--port", str(port),
              "--port-end", str(port + 1), "--silent"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_for(lambda: _tracker_keys(port) is not None and _can_connect(port), 30, "tracker")
-        for key in keys:
-            sport = free_port()
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tvm.exec.rpc_server", "--host", HOST, "--port",
-                 str(sport), "--port-end", str(sport + 1), "--tracker", f"{HOST}:{port}",
-                 "--key", key, "--silent"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_for(lambda: sorted(_tracker_keys(port)) == sorted(keys), 60, "device servers")
-        yield port
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL))
+        _wait_for(lambda: _can_connect(port), 30, "tracker")
+        for key, make in servers.items():
+            argv, env = make(key, port)
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            procs.append(proc)
+            cluster.servers[key] = proc
+        _wait_for(lambda: sorted(_tracker_keys(port)) == sorted(servers), timeout,
+                  "device servers")
+        yield cluster
     finally:
         for p in reversed(procs):
             _stop(p)
+
+
+@contextmanager
+def rpc_cluster(keys: list[str]):
+    """Start a tracker and one Python CPU device server per key; yield the tracker port."""
+    with device_cluster({k: python_server for k in keys}) as cluster:
+        yield cluster.port
 
 
 def _can_connect(port: int) -> bool:

@@ -174,3 +174,23 @@ def test_cli_calibration_without_quantize_is_an_error(digits_dir, tmp_path, caps
     assert rc != 0
     assert "error: --calibration, --calibration-method and --per-channel go with --quantize int8" \
         in capsys.readouterr().err
+
+
+def test_quantization_passes_are_pure(digits_dir):
+    """qdq-to-int8 and to-fp16 return new modules and leave their input untouched."""
+    from edgecc import frontend
+    from edgecc.passes import apply
+    from edgecc.quantize import quantize_int8
+    from edgecc.targets import get_target
+
+    raw = (digits_dir / "digits.onnx").read_bytes()
+    feeds = load_calibration(digits_dir / "digits_calib.npz", SPEC)
+    qdq, _ = quantize_int8(raw, feeds)
+    tgt = get_target("x86_64")
+    for source, name in ((qdq, "qdq-to-int8"), (raw, "to-fp16")):
+        mod = frontend.import_onnx(onnx.load_model_from_string(source), raw=source, name="d",
+                                   input_shapes={}).mod
+        before = mod.script()
+        out = apply(mod, [name], target=tgt)
+        assert mod.script() == before, name
+        assert out.script() != before, f"{name} changed nothing"

@@ -90,3 +90,19 @@ def test_default_thread_count_is_the_physical_cores_unless_set():
     out = subprocess.run([sys.executable, "-c", code], env=dict(env, TVM_NUM_THREADS="3"),
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "3"
+
+
+def test_recompiling_into_the_same_directory_loads_the_new_library(tmp_path):
+    """dlopen returns the already-loaded library for a path it has seen: the runtime must not
+    run stale code after a recompile into the same directory."""
+    import onnx
+    from conftest import make_conv_model, ort_run, rel_err
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
+    out = tmp_path / "a"
+    for seed in (0, 1):
+        model = make_conv_model(seed=seed)
+        onnx.save(model, tmp_path / f"m{seed}.onnx")
+        edgecc.compile(tmp_path / f"m{seed}.onnx", output=out, force=True)
+        got = load(out).run(x=x)["y"]
+        assert rel_err(got, ort_run(model, {"x": x})[0]) < 1e-4

@@ -170,6 +170,18 @@ def remote_failure(e: BaseException, settings: RPCSettings, started: float,
     return RemoteError(f"{what} on {settings.key!r} failed: {type(e).__name__}: {last}")
 
 
+def remote_leaves(sess, result, count: int) -> list:
+    """The output tensors of a remote VM call: a tensor, or a remote Array of them (which stays
+    on the device as an object reference: its items are fetched with the remote's own
+    ``ffi.ArrayGetItem``)."""
+    if hasattr(result, "numpy"):
+        return [result]
+    if isinstance(result, list | tuple):
+        return list(result)
+    get = sess.get_function("ffi.ArrayGetItem")
+    return [get(result, i) for i in range(count)]
+
+
 def run_remote(artifact: str | Path, settings: RPCSettings, inputs: Mapping[str, np.ndarray], *,
                bench_repeat: int = 0, bench_number: int = 1) -> RemoteRun:
     """Upload the artifact to a device, run it there, bring the outputs back (and time it)."""
@@ -192,7 +204,7 @@ def run_remote(artifact: str | Path, settings: RPCSettings, inputs: Mapping[str,
         vm = relax.VirtualMachine(rmod, dev)
         args = [tvm.runtime.tensor(a, dev) for a in arrays]
         result = vm["main"](*args)
-        leaves = list(result) if not hasattr(result, "numpy") else [result]
+        leaves = remote_leaves(sess, result, len(manifest.outputs))
         outputs = {s.name: t.numpy() for s, t in zip(manifest.outputs, leaves, strict=True)}
         bench = None
         if bench_repeat:

@@ -153,7 +153,8 @@ def test_fp16_digits_accuracy_and_size(digits_dir, fp32_result, tmp_path):
     out = tmp_path / "fp16"
     res = edgecc.compile(digits_dir / "digits.onnx", output=out, use_cache=False,
                          quantize=Quantization("fp16"))
-    assert res.manifest.options["weights_bytes"] * 2 <= fp32.manifest.options["weights_bytes"] + 64
+    # conv/gemm weights in fp16; the few biases stay fp32
+    assert res.manifest.options["weights_bytes"] <= 0.51 * fp32.manifest.options["weights_bytes"]
     assert accuracy(out, datasets.digits().test) >= fp32_acc - 0.005
 
 

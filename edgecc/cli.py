@@ -71,7 +71,8 @@ def _add_quantize_args(p) -> None:
     q = p.add_argument_group("compression")
     q.add_argument("--quantize", choices=("int8", "fp16"),
                    help="int8: static post-training quantization (calibrated QDQ, int8 x int8 -> "
-                   "int32 compute; needs --calibration); fp16: fp16 weights and products, fp32 accumulation")
+                   "int32 compute; needs --calibration); fp16: fp16 weights and products, fp32 "
+                   "accumulation")
     q.add_argument("--calibration", type=Path, metavar="DATA.npz",
                    help="int8 calibration samples: one array per model input named like it "
                    "(or 'x'), samples along the first axis")
@@ -169,7 +170,8 @@ def _print_compression(options) -> None:
         print(f"  weights: {weights / 1024:.1f} KiB" + (f" ({quant['mode']})" if quant else ""))
     if quant and quant.get("mode") == "int8":
         report = QuantReport(quant["quantized"], quant["fp32"], quant["samples"])
-        print(f"  int8 ({quant['method']}, {'per channel' if quant['per_channel'] else 'per tensor'}"
+        scales = "per channel" if quant["per_channel"] else "per tensor"
+        print(f"  int8 ({quant['method']}, {scales}"
               f", {quant['samples']} calibration samples): {report.describe()}")
         print(f"  QDQ model (runs in ONNX Runtime for comparison): {quant['qdq_model']}")
 
@@ -306,7 +308,8 @@ def drive_run(args) -> int:
         print(f"wrote {len(outputs)} output(s) to {args.output}")
     for name, arr in outputs.items():
         flat = arr.reshape(-1)
-        print(f"{name}: {arr.dtype}{list(arr.shape)} first values {np.array2string(flat[:6], precision=5)}")
+        first = np.array2string(flat[:6], precision=5)
+        print(f"{name}: {arr.dtype}{list(arr.shape)} first values {first}")
     if args.bench:
         bench = bench or m.benchmark(feed, repeat=args.bench)
         print("latency: " + bench.format())
@@ -454,12 +457,16 @@ def _write_model_file(path: Path, data: bytes, *, force: bool) -> None:
     part.replace(path)
 
 
-def _onnx_model_arg(path: Path, verb: str):
+def _onnx_model_arg(path: Path, verb: str, input_shapes=()):
     from .frontend import read_onnx  # noqa: PLC0415
 
-    if path.suffix in (".pt", ".pth", ".pt2"):
-        raise ModelError(f"{verb} works on ONNX models; export the torch module first "
-                         "(torch.onnx.export), or use edgecc.compile(module, ...) to compile it")
+    if path.suffix in (".pt", ".pth"):
+        from .onnx_torch import module_to_onnx  # noqa: PLC0415
+
+        return module_to_onnx(path, dict(input_shapes))
+    if path.suffix == ".pt2":
+        raise ModelError(f"{verb} takes ONNX or a torch.save'd nn.Module (.pt); for an exported "
+                         "program (.pt2) export to ONNX first (torch.onnx.export)")
     return read_onnx(path)[0]
 
 
@@ -470,7 +477,10 @@ def register_prune(sub) -> None:
                        "l1-structured: remove the conv output channels with the smallest L1 norm "
                        "(and the matching BN entries and next-layer inputs): fewer FLOPs, faster "
                        "kernels. Fine-tune or distill afterwards ('edgecc distill').")
-    p.add_argument("model", type=Path, help="the ONNX model")
+    p.add_argument("model", type=Path, help="the ONNX model, or a whole torch.nn.Module saved "
+                   "with torch.save (.pt, exported to ONNX first: needs --input-shape)")
+    p.add_argument("--input-shape", action="append", type=parse_input_shape, default=[],
+                   metavar="NAME=D0,D1,...", help="input name and shape for a .pt model")
     p.add_argument("--sparsity", type=float, required=True,
                    help="fraction of weights (unstructured) or channels (structured), in (0, 1)")
     p.add_argument("--method", choices=("l1-unstructured", "l1-structured"),
@@ -486,8 +496,8 @@ def drive_prune(args) -> int:
     check_sparsity(args.sparsity)
     if args.output.exists() and not args.force:
         raise OutputExistsError(f"'{args.output}' already exists (use --force to replace it)")
-    pruned, report = prune(_onnx_model_arg(args.model, "prune"), sparsity=args.sparsity,
-                           method=args.method)
+    pruned, report = prune(_onnx_model_arg(args.model, "prune", args.input_shape),
+                           sparsity=args.sparsity, method=args.method)
     _write_model_file(args.output, pruned.SerializeToString(), force=args.force)
     print(report.describe())
     print(f"wrote {args.output}")

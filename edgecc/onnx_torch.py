@@ -185,3 +185,35 @@ def make_module(model):
             return out
 
     return OnnxModule()
+
+
+def module_to_onnx(path, input_shapes: dict[str, tuple[int, ...]]):
+    """An ``onnx.ModelProto`` from a whole ``torch.nn.Module`` saved with ``torch.save`` (its
+    class must be importable here), exported in eval mode (opset 17) with the given inputs."""
+    import io  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    import onnx  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"model file '{p}' not found")
+    if not input_shapes:
+        raise ModelError(f"'{p}' is a torch model: give its input with --input-shape NAME=d0,d1,...")
+    try:
+        module = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (pickle and torch raise many types)
+        raise ModelError(f"cannot load '{p}' with torch.load: {type(e).__name__}: {e}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(f"'{p}' holds a {type(module).__name__}, not a torch.nn.Module (save the "
+                         "whole module with torch.save(model, path), not its state_dict)")
+    module.eval()
+    examples = tuple(torch.zeros(shape) for shape in input_shapes.values())
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, examples, buf, dynamo=False, opset_version=17,
+                          input_names=list(input_shapes), output_names=["output"])
+    return onnx.load_model_from_string(buf.getvalue())

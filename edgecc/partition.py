@@ -102,7 +102,9 @@ class Pipeline:
         data = read_json(path, ArtifactError)
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{path}: not an {FORMAT} v{FORMAT_VERSION} file")
-        tensor = lambda t: CrossingTensor(t["name"], tuple(t["shape"]), t["dtype"], t["source"])  # noqa: E731
+        def tensor(t):
+            return CrossingTensor(t["name"], tuple(t["shape"]), t["dtype"], t["source"])
+
         stages = tuple(Stage(s["index"], s["artifact"], s["target"], tuple(s["nodes"]), s["layers"],
                              s["cost"], tuple(map(tensor, s["inputs"])),
                              tuple(map(tensor, s["outputs"]))) for s in data["stages"])

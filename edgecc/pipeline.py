@@ -163,7 +163,8 @@ def run_pipeline(directory: str | Path, items: Sequence[Mapping[str, np.ndarray]
             runners.append(_LocalStage(directory, stage) if settings is None
                            else _RemoteStage(directory, stage, settings))
         except EdgeccError as e:
-            raise PipelineError(f"stage {stage.index} on {devices.describe(stage.index)}: {e}") from None
+            raise PipelineError(f"stage {stage.index} on {devices.describe(stage.index)}: "
+                                f"{e}") from None
         except Exception as e:  # noqa: BLE001  (RPC/TVM errors of any type)
             raise PipelineError(f"stage {stage.index} on {devices.describe(stage.index)}: "
                                 f"setting up failed: {type(e).__name__}: {_last_line(e)}") from None

@@ -60,7 +60,8 @@ def count_flops(model) -> int:
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+        dims = [d.dim_value if d.HasField("dim_value") else 1
+                for d in vi.type.tensor_type.shape.dim]
         shapes[vi.name] = dims
     for t in model.graph.initializer:
         shapes[t.name] = list(numpy_helper.to_array(t).shape)
@@ -146,8 +147,8 @@ def _unstructured(model, sparsity: float):
         holder.weight = torch.nn.Parameter(torch.from_numpy(numpy_helper.to_array(tensors[name])
                                                             .astype(np.float32).copy()))
         holders.append(holder)
-    tprune.global_unstructured([(h, "weight") for h in holders], pruning_method=tprune.L1Unstructured,
-                               amount=sparsity)
+    tprune.global_unstructured([(h, "weight") for h in holders],
+                               pruning_method=tprune.L1Unstructured, amount=sparsity)
     zeros = total = 0
     for name, h in zip(names, holders, strict=True):
         tprune.remove(h, "weight")  # make the mask permanent
@@ -162,6 +163,30 @@ def _unstructured(model, sparsity: float):
                             params)
 
 
+def _unshare_initializers(graph) -> None:
+    """Give every extra use of a shared initializer its own copy (exporters deduplicate equal
+    constants, e.g. two all-zero biases), so slicing one layer's channels cannot touch another's."""
+    inits = {t.name: t for t in graph.initializer}
+    # the TorchScript exporter deduplicates with Identity(initializer): make those initializers too
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy = graph.initializer.add()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        inits[copy.name] = copy
+        graph.node.remove(node)
+    seen: set[str] = set()
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copy = graph.initializer.add()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{node.name or node.output[0]}"
+                node.input[i] = copy.name
+            seen.add(name)
+
+
 def _structured(model, sparsity: float):
     import onnx  # noqa: PLC0415
     from onnx import numpy_helper  # noqa: PLC0415
@@ -169,6 +194,7 @@ def _structured(model, sparsity: float):
     out = type(model)()
     out.CopyFrom(model)
     g = out.graph
+    _unshare_initializers(g)
     inits = {t.name: t for t in g.initializer}
     consumers: dict[str, list] = defaultdict(list)
     for n in g.node:

@@ -40,7 +40,8 @@ class Quantization:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise InputError(f"unknown quantization '{self.mode}'; choose one of: {', '.join(MODES)}")
+            raise InputError(f"unknown quantization '{self.mode}'; choose one of: "
+                             f"{', '.join(MODES)}")
         if self.method not in METHODS:
             raise InputError(f"unknown calibration method '{self.method}'; choose one of: "
                              f"{', '.join(METHODS)}")
@@ -53,7 +54,8 @@ class Quantization:
     def cache_key(self) -> dict:
         key = {"mode": self.mode, "method": self.method, "per_channel": self.per_channel}
         if self.calibration is not None:
-            key["calibration_sha256"] = hashlib.sha256(Path(self.calibration).read_bytes()).hexdigest()
+            data = Path(self.calibration).read_bytes()
+            key["calibration_sha256"] = hashlib.sha256(data).hexdigest()
         return key
 
 
@@ -94,11 +96,11 @@ def load_calibration(path: str | Path, inputs: Sequence[TensorSpec], *,
         batch, sample = spec.shape[0], tuple(spec.shape[1:])
         if tuple(a.shape[1:]) != sample or a.ndim != len(spec.shape):
             want = "(N, " + ", ".join(map(str, sample)) + ")"
-            raise InputError(f"calibration array '{spec.name}' has shape {tuple(a.shape)}; expected "
-                             f"{want} for input {spec.describe()}")
+            raise InputError(f"calibration array '{spec.name}' has shape {tuple(a.shape)}; "
+                             f"expected {want} for input {spec.describe()}")
         if str(a.dtype) != spec.dtype:
-            raise InputError(f"calibration array '{spec.name}' is {a.dtype}; input '{spec.name}' is "
-                             f"{spec.dtype}")
+            raise InputError(f"calibration array '{spec.name}' is {a.dtype}; input "
+                             f"'{spec.name}' is {spec.dtype}")
         if a.shape[0] % batch:
             raise InputError(f"calibration array '{spec.name}' has {a.shape[0]} samples, not a "
                              f"multiple of the model's batch size {batch}")

@@ -1,6 +1,6 @@
 """The tests' RPC clusters on 127.0.0.1: see edgecc/localcluster.py."""
 
-from edgecc.localcluster import (  # noqa: F401
+from edgecc.localcluster import (
     HOST,
     Cluster,
     device_cluster,
@@ -9,3 +9,6 @@ from edgecc.localcluster import (  # noqa: F401
     python_server,
     rpc_cluster,
 )
+
+__all__ = ["HOST", "Cluster", "device_cluster", "free_port", "native_server", "python_server",
+           "rpc_cluster"]

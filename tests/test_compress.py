@@ -132,9 +132,9 @@ def test_cli_prune(digits_dir, tmp_path, capsys):
     assert main(["prune", str(digits_dir / "digits.onnx"), "--sparsity", "0.5", "-o",
                  str(out)]) == 1
     assert "already exists (use --force to replace it)" in capsys.readouterr().err
-    assert main(["prune", str(tmp_path / "m.pt"), "--sparsity", "0.5", "-o",
+    assert main(["prune", str(tmp_path / "m.pt2"), "--sparsity", "0.5", "-o",
                  str(tmp_path / "r.onnx")]) == 1
-    assert "prune works on ONNX models; export the torch module first" in capsys.readouterr().err
+    assert "for an exported program (.pt2) export to ONNX first" in capsys.readouterr().err
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "r.onnx").exists()
 
 
@@ -207,3 +207,24 @@ def test_distill_data_errors(digits_dir, pruned_student, tmp_path):
     np.savez(tmp_path / "e.npz", x=np.zeros((10, 1, 8, 8), "float32"))
     with pytest.raises(InputError, match="has no array y"):
         datasets.load(tmp_path / "e.npz")
+
+
+def test_prune_takes_a_saved_torch_module(tmp_path, capsys):
+    import zoo
+
+    torch.manual_seed(0)
+    model = zoo.DigitsCNN().eval()
+    torch.save(model, tmp_path / "digits.pt")
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(tmp_path / "digits.pt"), "--input-shape", "input=1,1,8,8",
+                 "--sparsity", "0.5", "--method", "l1-structured", "-o", str(out)]) == 0
+    assert "(3.96x fewer)" in capsys.readouterr().out
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype("float32")
+    assert ort_run(out, {"input": x})[0].shape == (1, 10)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    assert main(["prune", str(tmp_path / "sd.pt"), "--input-shape", "input=1,1,8,8",
+                 "--sparsity", "0.5", "-o", str(tmp_path / "q.onnx")]) == 1
+    assert "holds a OrderedDict, not a torch.nn.Module" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path / "digits.pt"), "--sparsity", "0.5", "-o",
+                 str(tmp_path / "q.onnx")]) == 1
+    assert "is a torch model: give its input with --input-shape" in capsys.readouterr().err

@@ -118,9 +118,11 @@ def test_serve_bad_options(args, message):
 @pytest.mark.slow
 def test_emulated_arm_board_runs_and_tunes_over_rpc(conv_artifacts, tmp_path, capsys):
     """aarch64 edgecc-run serve under qemu-aarch64: listed by the tracker, runs an aarch64
-    artifact remotely matching ONNX Runtime, and measures tuning candidates."""
+    artifact remotely matching ONNX Runtime, measures tuning candidates, and takes the second
+    stage of a heterogeneous pipeline (stage 0 on an x86_64 device, stage 1 on the ARM board)."""
     model, d = conv_artifacts
-    with device_cluster({"rpi4-emu": native_server("aarch64", threads=2)}, timeout=120) as c:
+    with device_cluster({"rpi4-emu": native_server("aarch64", threads=2),
+                         "x86-edge": native_server("x86_64")}, timeout=120) as c:
         assert main(["rpc", "status", "--tracker", c.tracker]) == 0
         assert "rpi4-emu" in capsys.readouterr().out
         np.save(tmp_path / "x.npy", _x())
@@ -142,3 +144,14 @@ def test_emulated_arm_board_runs_and_tunes_over_rpc(conv_artifacts, tmp_path, ca
         assert "records added to" in out
         rows = [ln for ln in out.splitlines() if ln.startswith("fused_")]
         assert rows and all(not ln.rstrip().endswith("n/a") for ln in rows), out
+
+        from test_pipeline import chain_model
+
+        onnx.save(chain_model(), tmp_path / "chain.onnx")
+        assert main(["partition", str(tmp_path / "chain.onnx"), "--stages", "2", "--targets",
+                     "x86_64,rpi4", "-o", str(tmp_path / "pipe")]) == 0
+        assert main(["pipeline", "run", str(tmp_path / "pipe"), "--devices",
+                     f"{c.tracker}:x86-edge,rpi4-emu", "--count", "3", "--verify",
+                     str(tmp_path / "chain.onnx")]) == 0
+        out = capsys.readouterr().out
+        assert f"stage 1 on 'rpi4-emu' at {c.tracker}" in out and ": OK" in out

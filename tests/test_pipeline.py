@@ -17,7 +17,7 @@ from rpc_util import device_cluster, native_server
 
 from edgecc.cli import main
 from edgecc.errors import InputError, ModelError
-from edgecc.partition import Pipeline, partition, plan
+from edgecc.partition import partition, plan
 from edgecc.pipeline import Devices, PipelineError, run_pipeline
 
 

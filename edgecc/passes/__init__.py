@@ -46,8 +46,9 @@ class PassInfo:
 
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
-    for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize, fold_constant, dispatch_library, legalize,
-              annotate_patterns, fuse, layout_free, apply_tuning, cpu_schedule, prepack_weights, gpu_schedule,
+    for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
+              fold_constant, dispatch_library, legalize, annotate_patterns, fuse, layout_free,
+              apply_tuning, cpu_schedule, prepack_weights, gpu_schedule,
               lower_dataflow, plan_memory, vm_lower)
 }
 

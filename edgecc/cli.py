@@ -267,7 +267,7 @@ def drive_targets(args) -> int:
 
 
 def register_run(sub) -> None:
-    p = sub.add_parser("run", help="run a compiled artifact on this machine",
+    p = sub.add_parser("run", help="run a compiled artifact here or on an RPC device",
                        description="Load OUT_DIR, feed inputs from .npy/.npz files (or random "
                        "ones), print or save the outputs, optionally benchmark.")
     p.add_argument("artifact", type=Path, help="artifact directory written by 'edgecc compile'")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import InputError, OutputExistsError
 
 StageCallback = Callable[[str, float], None]
 
@@ -23,6 +23,27 @@ def read_json(path: Path, error: type[Exception]):
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e})") from None
+
+
+def read_npz(path: Path, *, what: str) -> dict:
+    """All arrays of an ``.npz`` file by name; an unreadable file is an InputError naming
+    ``what`` (e.g. "calibration data 'x.npz'")."""
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001  (numpy raises several types for a bad file)
+        raise InputError(f"cannot read {what} as .npz: {e}") from e
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` through a ``.part`` file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(data)
+    part.replace(path)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

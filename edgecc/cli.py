@@ -448,13 +448,9 @@ def drive_package(args) -> int:
 
 # ----------------------------------------------------------------------------- prune / distill
 
-def _write_model_file(path: Path, data: bytes, *, force: bool) -> None:
+def _check_output_file(path: Path, *, force: bool) -> None:
     if path.exists() and not force:
         raise OutputExistsError(f"'{path}' already exists (use --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    part.replace(path)
 
 
 def _onnx_model_arg(path: Path, verb: str, input_shapes=()):
@@ -493,12 +489,13 @@ def register_prune(sub) -> None:
 def drive_prune(args) -> int:
     from .prune import check_sparsity, prune  # noqa: PLC0415
 
+    from ._util import atomic_write_bytes  # noqa: PLC0415
+
     check_sparsity(args.sparsity)
-    if args.output.exists() and not args.force:
-        raise OutputExistsError(f"'{args.output}' already exists (use --force to replace it)")
+    _check_output_file(args.output, force=args.force)
     pruned, report = prune(_onnx_model_arg(args.model, "prune", args.input_shape),
                            sparsity=args.sparsity, method=args.method)
-    _write_model_file(args.output, pruned.SerializeToString(), force=args.force)
+    atomic_write_bytes(args.output, pruned.SerializeToString())
     print(report.describe())
     print(f"wrote {args.output}")
     return 0
@@ -536,8 +533,7 @@ def drive_distill(args) -> int:
     config = DistillConfig(temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
                            lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                            nproc=args.nproc)
-    if args.output.exists() and not args.force:
-        raise OutputExistsError(f"'{args.output}' already exists (use --force to replace it)")
+    _check_output_file(args.output, force=args.force)
     for path in (args.teacher, args.student):
         if path is not None:
             _onnx_model_arg(path, "distill")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._util import read_npz
 from .errors import InputError
 
 BUILTIN = ("digits",)
@@ -55,11 +56,7 @@ def load(spec: str | Path, *, split: str = "train") -> Labelled:
     if not path.is_file():
         raise InputError(f"data '{spec}' not found: give 'digits' or an .npz file with arrays "
                          "x and y")
-    try:
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001  (numpy raises several types for a bad file)
-        raise InputError(f"cannot read '{path}' as .npz: {e}") from e
+    arrays = read_npz(path, what=f"'{path}'")
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise InputError(f"'{path}' has no array {' or '.join(missing)} (found: "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._util import atomic_write_bytes
 from .datasets import Labelled
 from .errors import InputError, ModelError
 
@@ -194,10 +195,7 @@ def distill(teacher, student, *, data: Labelled, output: str | Path, test: Label
                         for r in range(config.nproc))
         trained = Path(tmp, "student.onnx").read_bytes()
         onnx.checker.check_model(onnx.load_model_from_string(trained))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        part = out.with_name(out.name + ".part")
-        part.write_bytes(trained)
-        part.replace(out)  # never a half-written model
+        atomic_write_bytes(out, trained)
     s_acc = t_acc = None
     if test is not None:
         s_acc = top1(predict_onnx(trained, test.x), test.y)

@@ -129,9 +129,14 @@ class Pipeline:
 
 def _shapes(model) -> dict[str, tuple[tuple[int, ...], str]]:
     import onnx  # noqa: PLC0415
+
+    return _inferred_shapes(onnx.shape_inference.infer_shapes(model))
+
+
+def _inferred_shapes(inferred) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (dims, dtype) of every tensor of a shape-inferred model (-1: unknown dim)."""
     from onnx import numpy_helper  # noqa: PLC0415
 
-    inferred = onnx.shape_inference.infer_shapes(model)
     out = {}
     for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
         tt = vi.type.tensor_type
@@ -139,7 +144,7 @@ def _shapes(model) -> dict[str, tuple[tuple[int, ...], str]]:
             continue
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
         out[vi.name] = (dims, _DTYPES.get(tt.elem_type, "float32"))
-    for t in model.graph.initializer:
+    for t in inferred.graph.initializer:
         a = numpy_helper.to_array(t)
         out[t.name] = (tuple(a.shape), str(a.dtype))
     return out
@@ -162,7 +167,7 @@ def node_costs(model, shapes=None) -> list[int]:
     return costs
 
 
-def _crossing(model, start: int, end: int, shapes) -> tuple[list[str], list[str]]:
+def _crossing(model, start: int, end: int) -> tuple[list[str], list[str]]:
     """Tensors a node range [start, end) reads from outside, and produces for later use."""
     nodes = model.graph.node
     init = {t.name for t in model.graph.initializer}
@@ -177,7 +182,37 @@ def _crossing(model, start: int, end: int, shapes) -> tuple[list[str], list[str]
     return ins, outs
 
 
-def plan(model, stages: int, *, link_cost: float = LINK_COST) -> list[tuple[int, int]]:
+def _spec(shapes, name: str, source: int) -> CrossingTensor:
+    dims, dtype = shapes[name]
+    if any(d < 0 for d in dims):
+        raise ModelError(f"tensor '{name}' crossing a cut has an unknown shape {dims}")
+    return CrossingTensor(name, tuple(dims), dtype, source)
+
+
+def _cut_bytes(model, shapes) -> list[int]:
+    """Bytes crossing a cut before node p, for every p: tensors produced before p and still
+    read at or after p (or model outputs)."""
+    nodes = model.graph.node
+    n = len(nodes)
+    last_use: dict[str, int] = {o.name: n for o in model.graph.output}
+    for j, nd in enumerate(nodes):
+        for i in nd.input:
+            last_use[i] = max(last_use.get(i, -1), j)
+    out = [0] * (n + 1)
+    for i, nd in enumerate(nodes):
+        for t in nd.output:
+            if t not in last_use or last_use[t] <= i:
+                continue
+            dims, dtype = shapes.get(t, ((1,), "float32"))
+            size = int(np.prod([max(d, 1) for d in dims], dtype=np.int64)) * \
+                np.dtype(dtype).itemsize
+            for p in range(i + 1, min(last_use[t], n - 1) + 1):
+                out[p] += size
+    return out
+
+
+def plan(model, stages: int, *, link_cost: float = LINK_COST,
+         shapes=None) -> list[tuple[int, int]]:
     """Node ranges of ``stages`` consecutive stages (see the module docstring)."""
     n = len(model.graph.node)
     layers = [i for i, nd in enumerate(model.graph.node) if nd.op_type in LAYER_OPS]
@@ -186,19 +221,13 @@ def plan(model, stages: int, *, link_cost: float = LINK_COST) -> list[tuple[int,
     if stages > len(layers):
         raise ModelError(f"cannot cut {stages} stages: the model has only {len(layers)} layer(s) "
                          f"({', '.join(LAYER_OPS)} nodes); use at most {len(layers)} stages")
-    shapes = _shapes(model)
+    shapes = shapes or _shapes(model)
     costs = node_costs(model, shapes)
     prefix = np.concatenate([[0], np.cumsum(costs)])
     layer_prefix = np.zeros(n + 1, dtype=int)
     for i in layers:
         layer_prefix[i + 1:] += 1
-    nbytes = [0] * (n + 1)  # bytes crossing a cut at position p
-    for p in range(1, n):
-        _, outs = _crossing(model, 0, p, shapes)
-        for t in outs:
-            dims, dtype = shapes.get(t, ((1,), "float32"))
-            nbytes[p] += int(np.prod([max(d, 1) for d in dims], dtype=np.int64)) * \
-                np.dtype(dtype).itemsize
+    nbytes = _cut_bytes(model, shapes)  # bytes crossing a cut at position p
 
     def cost(a, b):
         return float(prefix[b] - prefix[a]) + (link_cost * nbytes[a] if a > 0 else 0.0)
@@ -270,27 +299,22 @@ def partition(model_path: str | Path, *, stages: int, output: str | Path,
     model, raw = read_onnx(model_path)
     if link_cost < 0:
         raise InputError(f"--link-cost must be >= 0, got {link_cost}")
-    ranges = plan(model, stages, link_cost=link_cost)
-    shapes = _shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = _inferred_shapes(inferred)
+    ranges = plan(model, stages, link_cost=link_cost, shapes=shapes)
     costs = node_costs(model, shapes)
     graph_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     produced_by: dict[str, int] = {}
     stage_list = []
-    extractor = Extractor(onnx.shape_inference.infer_shapes(model))
+    extractor = Extractor(inferred)
     if compile_fn is None:
         from .compiler import compile_model as compile_fn  # noqa: PLC0415
     with atomic_dir(output, force=force) as tmp:
         for k, (a, b) in enumerate(ranges):
-            ins, outs = _crossing(model, a, b, shapes)
-
-            def spec(name, source):
-                dims, dtype = shapes[name]
-                if any(d < 0 for d in dims):
-                    raise ModelError(f"tensor '{name}' crossing a cut has an unknown shape {dims}")
-                return CrossingTensor(name, tuple(dims), dtype, source)
-
-            inputs = tuple(spec(t, -1 if t in graph_inputs else produced_by[t]) for t in ins)
-            outputs = tuple(spec(t, k) for t in outs)
+            ins, outs = _crossing(model, a, b)
+            inputs = tuple(_spec(shapes, t, -1 if t in graph_inputs else produced_by[t])
+                           for t in ins)
+            outputs = tuple(_spec(shapes, t, k) for t in outs)
             for t in outs:
                 produced_by[t] = k
             sub = extractor.extract_model(list(ins), list(outs))
@@ -306,10 +330,8 @@ def partition(model_path: str | Path, *, stages: int, output: str | Path,
         pipe = Pipeline(Path(model_path).stem, hashlib.sha256(raw).hexdigest(),
                         f"flops + {link_cost:g} per byte received",
                         tuple(stage_list),
-                        tuple(spec_ for spec_ in (CrossingTensor(i.name, tuple(shapes[i.name][0]),
-                                                                 shapes[i.name][1], -1)
-                                                  for i in model.graph.input
-                                                  if i.name in graph_inputs)),
+                        tuple(_spec(shapes, i.name, -1) for i in model.graph.input
+                              if i.name in graph_inputs),
                         tuple(o.name for o in model.graph.output))
         pipe.write(tmp)
     return pipe

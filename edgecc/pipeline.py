@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import EdgeccError, InputError
 from .partition import Pipeline, Stage
+from .remote import RemoteArtifact
 from .tune import RPCSettings
 
 
@@ -101,37 +102,6 @@ class _LocalStage:
         return self.model.run({n: feed[n] for n in self.names})
 
 
-class _RemoteStage:
-    """An uploaded stage on one RPC device, kept loaded for the whole run."""
-
-    def __init__(self, directory: Path, stage: Stage, settings: RPCSettings):
-        import tvm  # noqa: PLC0415
-        from tvm import relax  # noqa: PLC0415
-
-        from .manifest import Manifest  # noqa: PLC0415
-        from .remote import _session, check_arch  # noqa: PLC0415
-
-        art = directory / stage.artifact
-        self.manifest = Manifest.read(art)
-        self.sess = _session(settings)
-        check_arch(self.sess, arch=self.manifest.arch, what=f"stage {stage.index} "
-                   f"(target {self.manifest.target})", settings=settings)
-        remote_name = f"stage{stage.index}.so"
-        self.sess.upload(str(art / self.manifest.library), remote_name)
-        self.dev = self.sess.cpu()
-        self.vm = relax.VirtualMachine(self.sess.load_module(remote_name), self.dev)
-        self.tvm = tvm
-
-    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [self.tvm.runtime.tensor(np.ascontiguousarray(feed[s.name]), self.dev)
-                for s in self.manifest.inputs]
-        from .remote import remote_leaves  # noqa: PLC0415
-
-        result = self.vm["main"](*args)
-        leaves = remote_leaves(self.sess, result, len(self.manifest.outputs))
-        return {s.name: t.numpy() for s, t in zip(self.manifest.outputs, leaves, strict=True)}
-
-
 def _check_items(pipe: Pipeline, items: Sequence[Mapping[str, np.ndarray]]) -> None:
     if not items:
         raise InputError("no input items to run")
@@ -160,8 +130,9 @@ def run_pipeline(directory: str | Path, items: Sequence[Mapping[str, np.ndarray]
     for stage in pipe.stages:
         settings = devices.for_stage(stage.index)
         try:
-            runners.append(_LocalStage(directory, stage) if settings is None
-                           else _RemoteStage(directory, stage, settings))
+            runners.append(_LocalStage(directory, stage) if settings is None else RemoteArtifact(
+                directory / stage.artifact, settings, remote_name=f"stage{stage.index}.so",
+                what=f"stage {stage.index} (target {stage.target})"))
         except EdgeccError as e:
             raise PipelineError(f"stage {stage.index} on {devices.describe(stage.index)}: "
                                 f"{e}") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._util import read_npz
 from .errors import InputError, ModelError
 from .manifest import TensorSpec
 
@@ -80,11 +81,7 @@ def load_calibration(path: str | Path, inputs: Sequence[TensorSpec], *,
     p = Path(path)
     if not p.is_file():
         raise InputError(f"calibration data '{p}' not found")
-    try:
-        with np.load(p) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001  (numpy raises several types for a bad file)
-        raise InputError(f"cannot read calibration data '{p}' as .npz: {e}") from e
+    arrays = read_npz(p, what=f"calibration data '{p}'")
     if len(inputs) == 1 and inputs[0].name not in arrays and "x" in arrays:
         arrays[inputs[0].name] = arrays["x"]
     counts = []

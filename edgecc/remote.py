@@ -182,34 +182,61 @@ def remote_leaves(sess, result, count: int) -> list:
     return [get(result, i) for i in range(count)]
 
 
+class RemoteArtifact:
+    """An artifact uploaded to one RPC device and loaded in its Relax VM, for repeated calls
+    (``edgecc run/bench`` on a device, a pipeline stage). The device's architecture is checked
+    before the upload."""
+
+    def __init__(self, artifact: str | Path, settings: RPCSettings, *, what: str | None = None,
+                 remote_name: str | None = None):
+        from tvm import relax  # noqa: PLC0415
+
+        artifact = Path(artifact)
+        self.manifest = Manifest.read(artifact)
+        if self.manifest.device != "cpu":
+            raise RemoteError("remote run supports CPU artifacts only for now")
+        self.settings = settings
+        self.sess = _session(settings)
+        self.device = check_arch(
+            self.sess, arch=self.manifest.arch, settings=settings,
+            what=what or f"artifact '{artifact}' (target {self.manifest.target})")
+        self.started = time.monotonic()
+        name = remote_name or self.manifest.library
+        self.sess.upload(str(artifact / self.manifest.library), name)
+        self.dev = self.sess.cpu()
+        self.vm = relax.VirtualMachine(self.sess.load_module(name), self.dev)
+
+    def upload_inputs(self, arrays) -> list:
+        """Inputs (manifest order) copied to the device."""
+        import tvm  # noqa: PLC0415
+
+        return [tvm.runtime.tensor(np.ascontiguousarray(a), self.dev) for a in arrays]
+
+    def run_uploaded(self, args) -> dict[str, np.ndarray]:
+        result = self.vm["main"](*args)
+        leaves = remote_leaves(self.sess, result, len(self.manifest.outputs))
+        return {s.name: t.numpy() for s, t in zip(self.manifest.outputs, leaves, strict=True)}
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on the device with the inputs in ``feed`` (extra entries are ignored)."""
+        return self.run_uploaded(self.upload_inputs([feed[s.name] for s in self.manifest.inputs]))
+
+
 def run_remote(artifact: str | Path, settings: RPCSettings, inputs: Mapping[str, np.ndarray], *,
                bench_repeat: int = 0, bench_number: int = 1) -> RemoteRun:
     """Upload the artifact to a device, run it there, bring the outputs back (and time it)."""
-    import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
-
     artifact = Path(artifact)
-    manifest = Manifest.read(artifact)
-    if manifest.device != "cpu":
-        raise RemoteError("remote run supports CPU artifacts only for now")
-    arrays = check_inputs(manifest.inputs, inputs)
-    sess = _session(settings)
-    info = check_arch(sess, arch=manifest.arch,
-                      what=f"artifact '{artifact}' (target {manifest.target})", settings=settings)
+    arrays = check_inputs(Manifest.read(artifact).inputs, inputs)
     started = time.monotonic()
     try:
-        sess.upload(str(artifact / manifest.library))
-        rmod = sess.load_module(manifest.library)
-        dev = sess.cpu()
-        vm = relax.VirtualMachine(rmod, dev)
-        args = [tvm.runtime.tensor(a, dev) for a in arrays]
-        result = vm["main"](*args)
-        leaves = remote_leaves(sess, result, len(manifest.outputs))
-        outputs = {s.name: t.numpy() for s, t in zip(manifest.outputs, leaves, strict=True)}
+        remote = RemoteArtifact(artifact, settings)
+        args = remote.upload_inputs(arrays)
+        outputs = remote.run_uploaded(args)
         bench = None
         if bench_repeat:
-            timer = vm.time_evaluator("main", dev, number=bench_number, repeat=bench_repeat)
+            timer = remote.vm.time_evaluator("main", remote.dev, number=bench_number,
+                                             repeat=bench_repeat)
             bench = summarize(list(timer(*args).results), number=bench_number)
-    except (RuntimeError, OSError, tvm.error.TVMError) as e:
+    except (RuntimeError, OSError) as e:  # TVM's RPC errors are RuntimeErrors
         raise remote_failure(e, settings, started, "remote run") from None
-    return RemoteRun(outputs, bench, info)
+    return RemoteRun(outputs, bench, remote.device)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Tuning figures on the example models, one run, same machine: edgecc untuned, edgecc with the
-shipped tuning logs (tuning_logs/<target>/), edgecc after a fresh tuning budget, ONNX Runtime and
-PyTorch eager: median latency and ratio to ORT; tuning wall time per 100 trials.
+"""Tuning figures on the example models, one run, same machine: edgecc untuned (no logs at all),
+edgecc with transfer tuning only (every shipped log *except* the model's own: what a model that
+was never tuned gets), edgecc with the shipped tuning logs (tuning_logs/<target>/), edgecc after
+a fresh tuning budget, ONNX Runtime and PyTorch eager: median latency and ratio to ORT; tuning
+wall time per 100 trials.
 
     python benchmarks/bench_tuning.py [--models mlp,transformer] [--trials 16] [--target x86_64]
 
@@ -25,7 +27,9 @@ def main() -> int:
     import zoo
 
     import edgecc
+    from edgecc import tuning_log
     from edgecc.runtime import load
+    from edgecc.targets import get_target
     from edgecc.tune import tune_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,7 +38,9 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=0, help="fresh tuning budget per task")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     args = p.parse_args()
+    tgt = get_target(args.target)
     torch.set_num_threads(args.threads)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
     work = Path(tempfile.mkdtemp(prefix="edgecc-bench-tune-"))
     os.environ["EDGECC_CACHE_DIR"] = str(work / "cache")
     rows = []
@@ -45,6 +51,11 @@ def main() -> int:
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-untuned",
                                use_shipped_logs=False)
             variants["untuned"] = (work / f"{name}-untuned", r.kernels)
+            others = [d for d in tuning_log.shipped_logs(tgt) if d.name != name]
+            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-transfer",
+                               use_shipped_logs=False, tuning_logs=others)
+            variants["transfer"] = (work / f"{name}-transfer", r.kernels)
+            transferred = r.transferred
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-shipped")
             variants["shipped"] = (work / f"{name}-shipped", r.kernels)
             per100 = None
@@ -66,7 +77,8 @@ def main() -> int:
             cell = lambda key: (f"{ms[key]:.3f} ({ms[key] / ort_ms:.2f}x)"  # noqa: E731
                                 if key in ms else "-")
             tuned_k, total_k = variants["shipped"][1]
-            rows.append([name, cell("untuned"), cell("shipped"), f"{tuned_k}/{total_k}",
+            rows.append([name, cell("untuned"), cell("transfer"), f"{transferred}/{total_k}",
+                         cell("shipped"), f"{tuned_k}/{total_k}",
                          cell("tuned"), f"{ort_ms:.3f}", f"{pt_ms:.3f} ({pt_ms / ort_ms:.2f}x)",
                          f"{per100:.0f} s" if per100 else "-"])
             print(f"done {name}", flush=True)
@@ -75,7 +87,8 @@ def main() -> int:
     print(f"\nmachine: {machine()}; threads {args.threads}; target {args.target}; "
           f"ms = median latency, (ratio to ONNX Runtime)")
     tuned_hdr = f"tuned {args.trials}/task" if args.trials else "tuned (skipped)"
-    print(table(["model", "untuned", "shipped logs", "kernels tuned", tuned_hdr, "ORT",
+    print(table(["model", "untuned (no logs)", "transfer (other models' logs)",
+                 "kernels transferred", "shipped logs", "kernels tuned", tuned_hdr, "ORT",
                  "PyTorch", "tune s/100 trials"], rows))
     return 0
 

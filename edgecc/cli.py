@@ -101,7 +101,8 @@ def register_compile(sub) -> None:
                    help="apply records from this tuning log too (written by 'edgecc tune'); "
                    "repeatable")
     p.add_argument("--no-shipped-logs", action="store_true",
-                   help="do not apply the shipped tuning_logs/<target>/ records")
+                   help="do not use the shipped tuning_logs/ records (neither applied nor as "
+                   "transfer-tuning donors)")
     _add_quantize_args(p)
     p.add_argument("-f", "--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-cache", action="store_true", help="bypass the compile cache")
@@ -151,7 +152,9 @@ def drive_compile(args) -> int:
     tuned, total = result.kernels
     if total:
         logs = m.options.get("tuning_logs") or []
-        print(f"  kernels: {tuned} tuned, {total - tuned} default schedule"
+        moved = result.transferred
+        print(f"  kernels: {tuned} tuned, {moved} transferred from similar kernels, "
+              f"{total - tuned - moved} default schedule"
               + (f" (logs: {', '.join(logs)})" if logs else " (no tuning log for this target)"))
     _print_compression(m.options)
     quant = m.options.get("quantize") or {}

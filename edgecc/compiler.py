@@ -32,9 +32,15 @@ class CompileResult:
 
     @property
     def kernels(self) -> tuple[int, int]:
-        """(tuned, total) kernels, from the manifest."""
+        """(tuned, total) kernels, from the manifest: tuned counts the kernels with a record of
+        their own (see :attr:`transferred` for the ones scheduled from a similar kernel's)."""
         k = self.manifest.options.get("kernels") or {}
         return k.get("tuned", 0), k.get("total", 0)
+
+    @property
+    def transferred(self) -> int:
+        """Kernels scheduled with a similar kernel's record (the transfer-tuning pass)."""
+        return (self.manifest.options.get("kernels") or {}).get("transferred", 0)
 
 
 def _model_source(model, *, example_inputs) -> tuple[str, bytes | None, str]:
@@ -105,6 +111,8 @@ def compile_model(
     logs = (tuning_log.logs_for_compile(tgt, tuple(Path(p) for p in tuning_logs),
                                         use_shipped=use_shipped_logs)
             if passes.TUNE_AT in pass_names else [])
+    cross_logs = (tuning_log.donor_logs(tgt, use_shipped=use_shipped_logs)
+                  if passes.TRANSFER_AT in pass_names else [])
 
     timings: dict[str, float] = {}
 
@@ -118,6 +126,7 @@ def compile_model(
     if use_cache and raw is not None and not print_ir_after:
         options = {"input_shapes": {k: list(v) for k, v in sorted(shapes.items())},
                    "pipeline": list(pass_names), "tuning": tuning_log.fingerprint(logs),
+                   "donors": tuning_log.fingerprint(cross_logs),
                    "quantize": quantize.cache_key() if quantize else None}
         key = cache.cache_key(model_sha256=hashlib.sha256(raw).hexdigest(),
                               target=tgt.to_dict(), options=options,
@@ -152,6 +161,7 @@ def compile_model(
                 imported = replace(imported, sha256=hashlib.sha256(raw).hexdigest())
         with stage("passes", timed):
             lowered, kernels = _run_passes(imported.mod, pass_names, tgt, logs=logs,
+                                           cross_logs=cross_logs,
                                            print_ir_after=print_ir_after, emit_ir=emit_ir)
             weights = constant_bytes(lowered)
         with stage("build", timed):
@@ -230,22 +240,39 @@ def constant_bytes(mod) -> int:
 
 
 def count_kernels(mod) -> dict[str, int]:
-    """Kernels (TIR functions) in ``mod``: how many carry a tuned schedule."""
+    """Kernels (TIR functions) in ``mod``: how many carry a tuned schedule of their own, how
+    many one transferred from a similar kernel's record."""
+    from .passes.transfer_tuning import TRANSFERRED  # noqa: PLC0415
+
     funcs = [f for _, f in mod.functions.items() if type(f).__name__ == "PrimFunc"]
-    tuned = sum(1 for f in funcs if f.attrs is not None
-                and int(f.attrs.get("tirx.is_scheduled", 0)) == 1)
-    return {"tuned": tuned, "total": len(funcs)}
+    attrs = [f.attrs if f.attrs is not None else {} for f in funcs]
+    scheduled = [a for a in attrs if int(a.get("tirx.is_scheduled", 0)) == 1]
+    transferred = sum(1 for a in scheduled if TRANSFERRED in a)
+    return {"tuned": len(scheduled) - transferred, "transferred": transferred,
+            "total": len(funcs)}
 
 
-def _run_passes(mod, pass_names, tgt: Target, *, logs, print_ir_after, emit_ir):
-    """Run the pipeline with the tuning logs' database in effect; count kernels right after
-    ``apply-tuning`` (later passes add weight-layout helpers that are folded away)."""
+def _run_passes(mod, pass_names, tgt: Target, *, logs, cross_logs=(), print_ir_after,
+                emit_ir):
+    """Run the pipeline with the tuning logs' database (and transfer donors) in effect; count
+    kernels right after the tuning passes (later passes add weight-layout helpers that are
+    folded away)."""
     from contextlib import nullcontext  # noqa: PLC0415
 
-    db = tuning_log.union_database(logs)
-    split = (list(pass_names).index(passes.TUNE_AT) + 1 if passes.TUNE_AT in pass_names
-             else len(pass_names))
-    with db if db is not None else nullcontext():
+    from .transfer import donors_from_records, using_donors  # noqa: PLC0415
+
+    own = tuning_log.read_records(logs)
+    db = tuning_log.memory_database(own)
+    donors = []
+    if passes.TRANSFER_AT in pass_names:
+        donors = (donors_from_records(own, cross_target=False)
+                  + donors_from_records(tuning_log.read_records(list(cross_logs)),
+                                        cross_target=True))
+    names = list(pass_names)
+    last = max((names.index(p) for p in (passes.TUNE_AT, passes.TRANSFER_AT) if p in names),
+               default=len(names) - 1)
+    split = last + 1
+    with db if db is not None else nullcontext(), using_donors(donors):
         mod = passes.apply(mod, pass_names[:split], target=tgt, print_ir_after=print_ir_after,
                            emit=emit_ir)
         kernels = count_kernels(mod)

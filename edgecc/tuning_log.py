@@ -88,6 +88,19 @@ def logs_for_compile(target: Target, extra: tuple[Path, ...], *,
     return logs
 
 
+def donor_logs(target: Target, *, use_shipped: bool) -> list[Path]:
+    """Shipped logs of the *other* CPU targets: transfer-tuning donors when this target's own
+    logs have no similar kernel (their traces fit any CPU; their tile sizes were measured
+    elsewhere, so they rank behind this target's records)."""
+    from .targets import list_targets  # noqa: PLC0415
+
+    if not use_shipped or target.is_gpu:
+        return []
+    return [d for other in list_targets()
+            if other.name != target.name and not other.is_gpu
+            for d in shipped_logs(other)]
+
+
 def fingerprint(logs: list[Path]) -> str:
     """A hash of the logs' contents, part of the compile cache key."""
     h = hashlib.sha256()
@@ -99,13 +112,24 @@ def fingerprint(logs: list[Path]) -> str:
     return h.hexdigest()
 
 
-def union_database(logs: list[Path]):
+def read_records(logs: list[Path]) -> list:
+    """Every tuning record in ``logs``, in order."""
+    return [rec for d in logs for rec in open_database(d).get_all_tuning_records()]
+
+
+def memory_database(records: list):
+    """An in-memory database of ``records`` (keyed by workload; a query returns the fastest
+    record across all the logs they came from), or None when there are none."""
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
 
-    dbs = [open_database(d) for d in logs]
-    if not dbs:
+    if not records:
         return None
-    return dbs[0] if len(dbs) == 1 else ms.database.UnionDatabase(*dbs)
+    db = ms.database.MemoryDatabase()
+    for rec in records:
+        workload = db.commit_workload(rec.workload.mod)
+        db.commit_tuning_record(ms.database.TuningRecord(rec.trace, workload, rec.run_secs,
+                                                         rec.target, rec.args_info))
+    return db
 
 
 def workload_key(mod) -> str:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from zoo import MODELS, build, export_onnx  # noqa: E402
+from zoo import CORPUS, MODELS, build, export_onnx  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", choices=[*MODELS, []], metavar="NAME",
-                   help=f"models to make (default: all of {', '.join(MODELS)})")
+    p.add_argument("names", nargs="*", choices=[*MODELS, *CORPUS, []], metavar="NAME",
+                   help=f"models to make (default: all of {', '.join(MODELS)}; also "
+                        f"{', '.join(CORPUS)}: the tuning corpus of common layers)")
     p.add_argument("-o", "--output", type=Path, default=Path("models"), help="output directory")
     args = p.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)

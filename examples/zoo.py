@@ -134,6 +134,29 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class CommonLayers(nn.Module):
+    """Not a model to deploy: a tuning corpus. One of each layer kind edge CNNs are built from
+    (MobileNet inverted residuals with depthwise convs, ResNet basic blocks, stems, 1x1
+    projections, pooling, a classifier), at widths and sizes the example models do not use.
+    Its shipped tuning log gives transfer tuning donors for models that were never tuned."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU6(),
+            InvertedResidual(24, 24, 1, 4), InvertedResidual(24, 40, 2, 4),
+            InvertedResidual(40, 40, 1, 4),
+            nn.Conv2d(40, 48, 7, 2, 3, bias=False), nn.BatchNorm2d(48), nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+            BasicBlock(48, 48, 1), BasicBlock(48, 80, 2),
+            nn.Conv2d(80, 192, 1, bias=False), nn.BatchNorm2d(192), nn.ReLU6())
+        self.fc = nn.Linear(192, num_classes)
+
+    def forward(self, x):
+        x = self.body(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 # name -> (constructor, example input shape)
 MODELS = {
     "mobilenetv2": (MobileNetV2Small, (1, 3, 96, 96)),
@@ -141,13 +164,15 @@ MODELS = {
     "mlp": (MLP, (1, 256)),
     "transformer": (EncoderBlock, (1, 32, 64)),
 }
+# tuning corpora, not benchmarked: shipped logs of these are transfer-tuning donors
+CORPUS = {"layers": (CommonLayers, (1, 3, 128, 128))}
 # trained, not random: made by examples/make_digits.py
 TRAINED = {"digits": (DigitsCNN, (1, 1, 8, 8))}
 
 
 def build(name: str, *, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """The model (eval mode, seeded weights and BN statistics) and a seeded example input."""
-    ctor, shape = MODELS[name]
+    ctor, shape = {**MODELS, **CORPUS}[name]
     torch.manual_seed(seed)
     model = ctor().eval()
     with torch.no_grad():  # non-trivial BN statistics, so folding/decomposition is exercised

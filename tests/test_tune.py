@@ -57,7 +57,7 @@ def test_compile_applies_the_log_and_stays_exact(tuned, tmp_path, capsys):
     onnx.save(model, tmp_path / "m.onnx")
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c"), "-q",
                  "--tuning-log", str(work / "log"), "--no-shipped-logs"]) == 0
-    assert "kernels: 1 tuned, 0 default schedule (logs: " in capsys.readouterr().out
+    assert "kernels: 1 tuned, 0 transferred from similar kernels, 0 default schedule (logs: " in capsys.readouterr().out
 
 
 def test_log_for_another_target_is_refused(tuned, tmp_path):

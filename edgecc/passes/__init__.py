@@ -31,6 +31,7 @@ from . import (
     prepack_weights,
     qdq_to_int8,
     to_fp16,
+    transfer_tuning,
     vm_lower,
 )
 
@@ -48,7 +49,7 @@ PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
     for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
               fold_constant, dispatch_library, legalize, annotate_patterns, fuse, layout_free,
-              apply_tuning, cpu_schedule, prepack_weights, gpu_schedule,
+              apply_tuning, transfer_tuning, cpu_schedule, prepack_weights, gpu_schedule,
               lower_dataflow, plan_memory, vm_lower)
 }
 
@@ -58,13 +59,14 @@ _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
     "cpu-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                              "fold-constant", "fuse", "layout-free", "apply-tuning",
-                             "cpu-schedule", "prepack-weights") + _LOWER,
+                             "transfer-tuning", "cpu-schedule", "prepack-weights") + _LOWER,
     "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                               "fold-constant", "fuse", "gpu-schedule") + _LOWER,
 }
 
 
 TUNE_AT = "apply-tuning"  # the tuner extracts tasks from the IR just before this pass
+TRANSFER_AT = "transfer-tuning"  # kernels still without a schedule borrow a similar one's
 
 
 def tuning_prefix(names: Sequence[str]) -> tuple[str, ...]:

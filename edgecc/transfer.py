@@ -1,0 +1,193 @@
+"""Transfer tuning: give a kernel that has no tuning record of its own the schedule tuned for a
+similar kernel (same operator, other shapes or another fused epilogue), instead of naive loops.
+
+A MetaSchedule record is a *trace*: the schedule's instructions plus the random decisions the
+search made (tile sizes, unroll depth, compute locations). Kernels with the same anchor block
+(the conv2d/matmul the kernel is built around, compared with every number masked) accept the
+same instructions; only the tile sizes must be refitted to the new loop extents
+(:func:`refit_tile`). Donors are ranked by how far their loop extents are from the kernel's
+(:func:`shape_distance`) and tried in order; the first whose trace applies and passes
+MetaSchedule's postprocessors wins. Schedule primitives preserve semantics, so a transferred
+kernel computes exactly what the naive one does; only its speed depends on the donor.
+
+Donors come from the tuning logs in effect for the compile (the target's own shipped logs first);
+the logs of other CPU targets are also donors, with a penalty (their tile sizes were measured on
+other hardware). Nothing is measured at compile time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CROSS_TARGET_PENALTY = 2.0  # in shape_distance units (log2 of extent ratios)
+MAX_ATTEMPTS = 8  # donors tried per kernel before it keeps its default schedule
+
+
+def refit_tile(extent: int, old: Sequence[int]) -> list[int]:
+    """Tile factors for a loop of ``extent`` shaped like ``old`` (outermost first): from the
+    innermost level out, keep each old factor if it divides what is left, else the largest
+    smaller divisor; the outermost level takes the rest. The product is always ``extent`` and no
+    level grows (the innermost stays within the tuner's vector/unroll limit)."""
+    if extent < 1 or not old or any(int(f) < 1 for f in old):
+        raise ValueError(f"cannot refit tile {list(old)} to extent {extent}")
+    new = [1] * len(old)
+    rest = int(extent)
+    for i in range(len(old) - 1, 0, -1):
+        f = min(int(old[i]), rest)
+        while rest % f:
+            f -= 1
+        new[i] = f
+        rest //= f
+    new[0] = rest
+    return new
+
+
+def shape_distance(a: Sequence[int], b: Sequence[int]) -> float:
+    """How far two loop nests' extents are apart: the sum of |log2(a_i / b_i)| (0: same shapes);
+    infinite when the nests have different depths."""
+    if len(a) != len(b):
+        return math.inf
+    return sum(abs(math.log2(int(x)) - math.log2(int(y))) for x, y in zip(a, b, strict=True))
+
+
+def anchor_signature(func) -> tuple[str, tuple[int, ...]] | None:
+    """(structure, loop extents) of a PrimFunc's anchor block, or None when it has none.
+    The structure is the block's name, iterator kinds and body with every number masked, so a
+    3x3 conv matches a 3x3 conv of other channel counts but not a depthwise conv or a matmul."""
+    import tvm  # noqa: PLC0415
+    from tvm.s_tir import analysis  # noqa: PLC0415
+
+    block = analysis.find_anchor_sblock(tvm.IRModule({"main": func}))
+    if block is None:
+        return None
+    kinds = "".join(str(int(iv.iter_type)) for iv in block.iter_vars)
+    structure = re.sub(r"\d+", "#", f"{block.name_hint}|{kinds}|{block.body}")
+    return structure, tuple(int(iv.dom.extent) for iv in block.iter_vars)
+
+
+@dataclass(frozen=True)
+class Donor:
+    """A tuned record usable as a transfer donor."""
+
+    structure: str
+    extents: tuple[int, ...]
+    trace: Any  # tvm.s_tir.Trace, postprocessing removed
+    run_s: float  # the donor's own measured latency (ties: the faster donor first)
+    cross_target: bool  # tuned for another target
+
+
+def donors_from_records(records, *, cross_target: bool) -> list[Donor]:
+    out = []
+    for rec in records:
+        sig = anchor_signature(rec.workload.mod["main"])
+        if sig is None or not rec.run_secs:
+            continue
+        secs = [float(v) for v in rec.run_secs]
+        out.append(Donor(sig[0], sig[1], rec.trace.simplified(remove_postproc=True),
+                         sum(secs) / len(secs), cross_target))
+    return out
+
+
+_DONORS: contextvars.ContextVar[tuple[Donor, ...]] = contextvars.ContextVar("edgecc_donors",
+                                                                            default=())
+
+
+@contextlib.contextmanager
+def using_donors(donors: Sequence[Donor]) -> Iterator[None]:
+    """Make ``donors`` the ones the ``transfer-tuning`` pass draws from inside the block."""
+    token = _DONORS.set(tuple(donors))
+    try:
+        yield
+    finally:
+        _DONORS.reset(token)
+
+
+def current_donors() -> tuple[Donor, ...]:
+    return _DONORS.get()
+
+
+def ranked(structure: str, extents: Sequence[int], donors: Sequence[Donor]) -> list[Donor]:
+    """Donors with the same anchor structure, nearest shapes first (cross-target ones pay
+    :data:`CROSS_TARGET_PENALTY`)."""
+    scored = []
+    for d in donors:
+        if d.structure != structure:
+            continue
+        dist = shape_distance(extents, d.extents)
+        if math.isfinite(dist):
+            scored.append((dist + (CROSS_TARGET_PENALTY if d.cross_target else 0.0), d.run_s, d))
+    scored.sort(key=lambda t: (t[0], t[1]))
+    return [d for *_, d in scored]
+
+
+def _postprocess(sch, target) -> bool:
+    """MetaSchedule's LLVM postprocessors (parallel/vectorize/unroll rewriting, reduction
+    decomposition, weight layout rewrite) on ``sch``; False if one rejects it."""
+    from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule import _ffi_api  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func  # noqa: PLC0415
+
+    # TuneContext() imports tvm.s_tir.tensor_intrin (~30 s here); the postprocessors only need
+    # the module and the target, so the context is built with the FFI constructor directly.
+    ctx = ms.TuneContext.__new__(ms.TuneContext)
+    ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, sch.mod, target, None, None, "main",
+                                       1, -1, get_logging_func(get_logger(__name__)))
+    for post in ms.postproc.Postproc.create("llvm"):
+        post._initialize_with_tune_context(ctx)
+        if not post.apply(sch):
+            return False
+    return True
+
+
+def _try_donor(func, donor: Donor, target):
+    """The scheduled PrimFunc, or None when the donor's trace does not fit ``func``."""
+    import tvm  # noqa: PLC0415
+    from tvm.s_tir import Schedule  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace  # noqa: PLC0415
+
+    mod = tvm.IRModule({"main": func})
+    refits: dict[Any, list[int]] = {}
+
+    def provider(inst, inputs, attrs, decision):
+        if inst.kind.name == "SamplePerfectTile":
+            refits[inst] = refit_tile(int(sch.get(inputs[0]).extent), [int(x) for x in decision])
+            return refits[inst]
+        return decision
+
+    # 1. the whole trace (same epilogue blocks), tile sizes refitted as it is replayed;
+    # 2. else only the anchor block's instructions, with the refits found so far, the epilogue
+    #    inlined (MetaSchedule's anchor-trace application for fused variants).
+    for attempt in ("whole", "anchor"):
+        sch = Schedule(mod)
+        try:
+            if attempt == "whole":
+                donor.trace.apply_to_schedule(sch, remove_postproc=True,
+                                              decision_provider=provider)
+            else:
+                trace = donor.trace
+                for inst, decision in refits.items():
+                    trace = trace.with_decision(inst, decision, remove_postproc=True)
+                schedule_using_anchor_trace(sch, trace, target)
+            if _postprocess(sch, target):
+                return sch.mod["main"]
+        except Exception:  # noqa: BLE001  (TVM raises several kinds; a misfit is not an error)
+            continue
+    return None
+
+
+def transfer_func(func, donors: Sequence[Donor], target):
+    """(scheduled func, donor) for an unscheduled PrimFunc, or None."""
+    sig = anchor_signature(func)
+    if sig is None:
+        return None
+    for donor in ranked(sig[0], sig[1], donors)[:MAX_ATTEMPTS]:
+        scheduled = _try_donor(func, donor, target)
+        if scheduled is not None:
+            return scheduled, donor
+    return None

@@ -1,0 +1,111 @@
+"""Transfer tuning: kernels without a record of their own borrow a similar kernel's schedule."""
+
+import math
+import random
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_conv_model, ort_run, rel_err
+from onnx import TensorProto, helper, numpy_helper
+
+import edgecc
+from edgecc.cli import main
+from edgecc.runtime import load, random_inputs
+from edgecc.targets import ROOT
+from edgecc.transfer import Donor, ranked, refit_tile, shape_distance
+
+DIGITS_LOG = ROOT / "tuning_logs" / "x86_64" / "digits"
+
+
+def test_refit_tile_keeps_the_product_and_the_inner_factors():
+    assert refit_tile(64, [2, 4, 8]) == [2, 4, 8]  # same extent: the tuned tiles unchanged
+    assert refit_tile(48, [2, 4, 8]) == [2, 3, 8]  # the vector width 8 still divides: kept
+    assert refit_tile(7, [1, 2, 16]) == [1, 1, 7]  # a prime: all of it innermost, within 16
+    assert refit_tile(1, [4, 4]) == [1, 1]
+    rng = random.Random(0)
+    for _ in range(500):
+        old = [rng.randint(1, 32) for _ in range(rng.randint(1, 5))]
+        extent = rng.randint(1, 4096)
+        new = refit_tile(extent, old)
+        assert math.prod(new) == extent and len(new) == len(old)
+        assert all(n <= o for n, o in zip(new[1:], old[1:], strict=True))  # no level grows
+
+
+@pytest.mark.parametrize("extent, old", [(0, [1, 2]), (8, []), (8, [2, 0])])
+def test_refit_tile_refuses_nonsense(extent, old):
+    with pytest.raises(ValueError, match="cannot refit tile"):
+        refit_tile(extent, old)
+
+
+def test_shape_distance():
+    assert shape_distance((1, 16, 8), (1, 16, 8)) == 0
+    assert shape_distance((1, 16, 8), (1, 32, 2)) == pytest.approx(3.0)  # 1 + 2 octaves
+    assert shape_distance((1, 16), (1, 16, 3)) == math.inf
+
+
+def test_ranked_prefers_near_shapes_and_this_targets_records():
+    def donor(struct, ext, *, cross=False, run_s=1e-4):
+        return Donor(struct, ext, trace=None, run_s=run_s, cross_target=cross)
+
+    near, far = donor("conv", (1, 16, 8)), donor("conv", (1, 64, 64))
+    other_op = donor("dwconv", (1, 16, 8))
+    near_elsewhere = donor("conv", (1, 16, 8), cross=True)
+    got = ranked("conv", (1, 16, 16), [far, other_op, near_elsewhere, near])
+    assert got == [near, near_elsewhere, far]  # d=1, 1+penalty(2), d=5; other ops never
+    fast, slow = donor("conv", (1, 16, 8), run_s=1e-5), donor("conv", (1, 16, 8), run_s=1e-3)
+    assert ranked("conv", (1, 16, 8), [slow, fast]) == [fast, slow]  # ties: the faster first
+
+
+def _conv_then(op: str, cout: int = 24) -> onnx.ModelProto:
+    """x[1,3,16,16] -> Conv(3x3, cout) -> op -> y: an epilogue the digits log never saw."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((cout, 3, 3, 3)).astype("float32"), "W"),
+             numpy_helper.from_array(rng.standard_normal(cout).astype("float32"), "B")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node(op, ["c"], ["y"])], "convthen",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("model", [make_conv_model(bn=False, cout=24), _conv_then("Sigmoid")],
+                         ids=["same-epilogue", "other-epilogue"])
+def test_a_kernel_with_no_record_borrows_a_similar_one_and_stays_exact(tmp_path, model):
+    """A 3x3 conv with 24 output channels (the digits log has 32 and 64) gets a digits conv's
+    tuned schedule: parallel, vectorized, outputs equal to ONNX Runtime's."""
+    ir = []
+    r = edgecc.compile(model, output=tmp_path / "t", tuning_logs=[DIGITS_LOG],
+                       use_shipped_logs=False, print_ir_after=["transfer-tuning"],
+                       emit_ir=ir.append)
+    assert r.kernels == (0, 1) and r.transferred == 1
+    kernel = ir[0].split("@T.prim_func")[1]
+    assert "T.parallel" in kernel and "T.vectorized" in kernel
+    assert 'edgecc.transferred"' in kernel  # the donor's extents are recorded on the kernel
+    feed = random_inputs(r.manifest.inputs)
+    assert rel_err(load(tmp_path / "t").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-5
+
+    untouched = edgecc.compile(model, output=tmp_path / "u", use_shipped_logs=False)
+    assert untouched.kernels == (0, 1) and untouched.transferred == 0  # no logs, no donors
+
+
+def test_transfer_is_reported_by_compile(tmp_path, capsys):
+    onnx.save(make_conv_model(bn=False, cout=24), tmp_path / "m.onnx")
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c"),
+                 "--tuning-log", str(DIGITS_LOG), "--no-shipped-logs"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels: 0 tuned, 1 transferred from similar kernels, 0 default schedule" in out
+
+
+def test_other_cpu_targets_logs_are_donors_for_a_target_without_logs(tmp_path):
+    """No aarch64 log is shipped: the rpi4 build borrows the x86_64 schedules (traces are
+    target-independent TIR), and its outputs keep the default compile's exactness."""
+    assert not (ROOT / "tuning_logs" / "rpi4").exists()
+    model = make_conv_model(bn=False, cout=24)
+    r = edgecc.compile(model, target="rpi4", output=tmp_path / "a")
+    assert r.transferred == 1 and r.manifest.arch == "aarch64"
+    none = edgecc.compile(model, target="rpi4", output=tmp_path / "b", use_shipped_logs=False)
+    assert none.transferred == 0

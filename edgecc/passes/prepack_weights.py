@@ -4,13 +4,15 @@ from __future__ import annotations
 
 NAME = "prepack-weights"
 DESCRIPTION = ("Split the weight layout rewrites out of tuned kernels and fold them into the "
-               "baked-in weights (no layout work left at run time).")
+               "baked-in weights (no layout work left at run time, no packing code shipped).")
 
 
 def run(mod, *, target):
     from tvm import relax
 
     for p in (relax.transform.SplitLayoutRewritePreproc(), relax.transform.LiftTransformParams(),
-              relax.transform.FoldConstant()):
+              relax.transform.FoldConstant(),
+              # the packing kernels ran at compile time: drop them from the library
+              relax.transform.DeadCodeElimination()):
         mod = p(mod)
     return mod

@@ -87,6 +87,9 @@ def test_a_kernel_with_no_record_borrows_a_similar_one_and_stays_exact(tmp_path,
     assert 'edgecc.transferred"' in kernel  # the donor's extents are recorded on the kernel
     feed = random_inputs(r.manifest.inputs)
     assert rel_err(load(tmp_path / "t").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-5
+    # the donor packs weights; prepack-weights ran the packing at compile time and dropped it
+    lib = (tmp_path / "t" / "model.so").read_bytes()
+    assert b"_prepacked" in lib and b"_weight_prepack" not in lib
 
     untouched = edgecc.compile(model, output=tmp_path / "u", use_shipped_logs=False)
     assert untouched.kernels == (0, 1) and untouched.transferred == 0  # no logs, no donors

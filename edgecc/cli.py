@@ -88,7 +88,8 @@ def register_compile(sub) -> None:
                        "library for the target and write OUT_DIR/model.so + OUT_DIR/model.json.")
     p.add_argument("model", nargs="?", help="the ONNX model file")
     p.add_argument("-t", "--target", default="x86_64",
-                   help="named target or raw triple (default: x86_64; see 'edgecc targets')")
+                   help="named target, raw triple, or 'native' (this machine's CPU); default "
+                   "x86_64; see 'edgecc targets'")
     p.add_argument("-o", "--output", type=Path, help="artifact directory to write")
     p.add_argument("--input-shape", action="append", type=parse_input_shape, default=[],
                    metavar="NAME=D0,D1,...", help="pin an input's shape (for dynamic dims); "
@@ -189,7 +190,8 @@ def register_tune(sub) -> None:
                        "tracker. Records go to a tuning log (default tuning_logs/<target>/) that "
                        "'edgecc compile' applies. Re-running resumes; Ctrl-C keeps every record.")
     p.add_argument("model", help="the ONNX model file")
-    p.add_argument("-t", "--target", default="x86_64", help="named target or raw triple")
+    p.add_argument("-t", "--target", default="x86_64",
+                   help="named target, raw triple, or 'native' (this machine's CPU)")
     p.add_argument("--trials", type=int, default=64, metavar="N",
                    help="trials per task (default 64); tasks already at N are skipped")
     p.add_argument("--time-budget", metavar="DURATION",
@@ -253,7 +255,7 @@ def register_targets(sub) -> None:
 def drive_targets(args) -> int:
     import json  # noqa: PLC0415
 
-    from .targets import list_targets  # noqa: PLC0415
+    from .targets import list_targets, native_target_name  # noqa: PLC0415
 
     targets = list_targets()
     if args.json:
@@ -263,6 +265,10 @@ def drive_targets(args) -> int:
     for t in targets:
         extra = f" (also: {', '.join(t.aliases)})" if t.aliases else ""
         print(f"{t.name:<{width}}  {t.arch:<8} {t.kind:<5} {t.description}{extra}")
+    try:
+        print(f"native: {native_target_name()} on this machine")
+    except EdgeccError as e:
+        print(f"native: none ({e})")
     return 0
 
 

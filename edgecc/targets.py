@@ -126,13 +126,43 @@ def list_targets() -> list[Target]:
     return list(_load_all(str(targets_dir())).values())
 
 
+_AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}  # skylake-avx512's set
+
+
+def cpu_flags() -> set[str]:
+    """This machine's CPU feature flags (x86: /proc/cpuinfo 'flags'); empty if unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_target_name(machine: str | None = None, flags: set[str] | None = None) -> str:
+    """The named target for this machine's CPU: ``x86_64-avx512`` on x86 with AVX-512, else
+    ``x86_64``; ``aarch64`` on 64-bit ARM."""
+    import platform  # noqa: PLC0415
+
+    arch = (machine or platform.machine()).lower()
+    if arch in ("x86_64", "amd64"):
+        return "x86_64-avx512" if _AVX512 <= (cpu_flags() if flags is None else flags) else "x86_64"
+    if arch in ("aarch64", "arm64"):
+        return "aarch64"
+    raise TargetError(f"no native target for a {arch} machine; name one (see 'edgecc targets')")
+
+
 def get_target(name: str) -> Target:
-    """A named target or a raw triple (``aarch64-linux-gnu``) mapped to its default."""
+    """A named target, ``native`` (this machine's CPU, see :func:`native_target_name`) or a raw
+    triple (``aarch64-linux-gnu``) mapped to its default."""
     targets = _load_all(str(targets_dir()))
+    if name == "native":
+        name = native_target_name()
     if name in targets:
         return targets[name]
     for t in targets.values():
         if name in t.aliases:
             return t
     raise TargetError(f"unknown target {name!r}; known targets: {', '.join(sorted(targets))} "
-                      "(see 'edgecc targets')")
+                      "(see 'edgecc targets'), or 'native' for this machine's CPU")

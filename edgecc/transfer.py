@@ -29,21 +29,33 @@ CROSS_TARGET_PENALTY = 2.0  # in shape_distance units (log2 of extent ratios)
 MAX_ATTEMPTS = 8  # donors tried per kernel before it keeps its default schedule
 
 
+def _fit_factor(old: int, rest: int) -> int:
+    """The factor to use where the donor used ``old`` and ``rest`` iterations are left: ``old``
+    if it divides ``rest``; else the largest power-of-two divisor not above ``old`` when it is at
+    least half the largest divisor not above ``old`` (vector lanes and cache lines come in
+    powers of two: 24 iterations with a donor's 16 become 3x8, not 2x12), else that divisor."""
+    if rest % old == 0:
+        return old
+    largest = max(d for d in range(1, min(old, rest) + 1) if rest % d == 0)
+    pow2 = 1
+    while pow2 * 2 <= old and rest % (pow2 * 2) == 0:
+        pow2 *= 2
+    return pow2 if 2 * pow2 >= largest else largest
+
+
 def refit_tile(extent: int, old: Sequence[int]) -> list[int]:
     """Tile factors for a loop of ``extent`` shaped like ``old`` (outermost first): from the
-    innermost level out, keep each old factor if it divides what is left, else the largest
-    smaller divisor; the outermost level takes the rest. The product is always ``extent`` and no
-    level grows (the innermost stays within the tuner's vector/unroll limit)."""
+    innermost level out, each level keeps the old factor where it divides what is left, else a
+    divisor no larger (:func:`_fit_factor`); the outermost level takes the rest. The product is
+    always ``extent`` and no inner level grows (the innermost stays within the tuner's
+    vector/unroll limit)."""
     if extent < 1 or not old or any(int(f) < 1 for f in old):
         raise ValueError(f"cannot refit tile {list(old)} to extent {extent}")
     new = [1] * len(old)
     rest = int(extent)
     for i in range(len(old) - 1, 0, -1):
-        f = min(int(old[i]), rest)
-        while rest % f:
-            f -= 1
-        new[i] = f
-        rest //= f
+        new[i] = _fit_factor(int(old[i]), rest)
+        rest //= new[i]
     new[0] = rest
     return new
 

@@ -22,6 +22,8 @@ def test_refit_tile_keeps_the_product_and_the_inner_factors():
     assert refit_tile(64, [2, 4, 8]) == [2, 4, 8]  # same extent: the tuned tiles unchanged
     assert refit_tile(48, [2, 4, 8]) == [3, 2, 8]  # 8 still divides: kept; 4 does not: 2
     assert refit_tile(24, [1, 2, 16]) == [3, 1, 8]  # 16 lanes do not divide 24: 8, not 12
+    assert refit_tile(28, [1, 1, 1, 32]) == [7, 1, 1, 4]  # never 28 lanes: a power of two
+    assert refit_tile(28, [1, 32, 1, 1]) == [1, 28, 1, 1]  # outer levels: the largest divisor
     assert refit_tile(7, [1, 2, 16]) == [1, 1, 7]  # a prime: all of it innermost, within 16
     assert refit_tile(1, [4, 4]) == [1, 1]
     rng = random.Random(0)

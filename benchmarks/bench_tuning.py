@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Tuning figures on the example models, one run, same machine: edgecc untuned (no logs at all),
-edgecc with transfer tuning only (every shipped log *except* the model's own: what a model that
-was never tuned gets), edgecc with the shipped tuning logs (tuning_logs/<target>/), edgecc after
-a fresh tuning budget, ONNX Runtime and PyTorch eager: median latency and ratio to ORT; tuning
-wall time per 100 trials.
+edgecc with transfer tuning only (every shipped log of every target *except* the model's own:
+what a model that was never tuned gets), edgecc with the shipped tuning logs
+(tuning_logs/<target>/), edgecc after a fresh tuning budget, ONNX Runtime and PyTorch eager:
+median latency and ratio to ORT; tuning wall time per 100 trials.
 
     python benchmarks/bench_tuning.py [--models mlp,transformer] [--trials 16] [--target x86_64]
 
@@ -22,14 +22,25 @@ from pathlib import Path
 from common import example_onnx, machine, median_ms, ort_session, table
 
 
+def _logs_without(name: str, dest: Path) -> Path:
+    """A copy (symlinks) of the shipped tuning_logs/ tree without any log named ``name``."""
+    from edgecc.tuning_log import shipped_root
+
+    for target_dir in shipped_root().iterdir():
+        if target_dir.is_dir():
+            (dest / target_dir.name).mkdir(parents=True)
+            for log in target_dir.iterdir():
+                if log.is_dir() and log.name != name:
+                    (dest / target_dir.name / log.name).symlink_to(log.resolve())
+    return dest
+
+
 def main() -> int:
     import torch
     import zoo
 
     import edgecc
-    from edgecc import tuning_log
     from edgecc.runtime import load
-    from edgecc.targets import get_target
     from edgecc.tune import tune_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,7 +49,6 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=0, help="fresh tuning budget per task")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     args = p.parse_args()
-    tgt = get_target(args.target)
     torch.set_num_threads(args.threads)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     work = Path(tempfile.mkdtemp(prefix="edgecc-bench-tune-"))
@@ -51,9 +61,13 @@ def main() -> int:
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-untuned",
                                use_shipped_logs=False)
             variants["untuned"] = (work / f"{name}-untuned", r.kernels)
-            others = [d for d in tuning_log.shipped_logs(tgt) if d.name != name]
-            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-transfer",
-                               use_shipped_logs=False, tuning_logs=others)
+            # the shipped logs of every target minus this model's own: a never-tuned model
+            os.environ["EDGECC_TUNING_LOGS"] = str(_logs_without(name, work / f"logs-{name}"))
+            try:
+                r = edgecc.compile(onnx_path, target=args.target,
+                                   output=work / f"{name}-transfer")
+            finally:
+                del os.environ["EDGECC_TUNING_LOGS"]
             variants["transfer"] = (work / f"{name}-transfer", r.kernels)
             transferred = r.transferred
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-shipped")

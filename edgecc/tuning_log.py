@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,15 @@ RECORDS = "records.json"
 META = "meta.json"
 
 
+def shipped_root() -> Path:
+    """Where the shipped logs live: ``$EDGECC_TUNING_LOGS`` (a team's own log library, laid out
+    like the project's: ``<target>/<name>/``) or the project's ``tuning_logs/``."""
+    env = os.environ.get("EDGECC_TUNING_LOGS")
+    return Path(env) if env else ROOT / "tuning_logs"
+
+
 def shipped_log_dir(target: Target) -> Path:
-    return ROOT / "tuning_logs" / target.name
+    return shipped_root() / target.name
 
 
 def _meta(target: Target, tvm_version: str) -> dict[str, Any]:

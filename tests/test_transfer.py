@@ -115,3 +115,18 @@ def test_other_cpu_targets_logs_are_donors_for_a_target_without_logs(tmp_path):
     assert r.transferred == 1 and r.manifest.arch == "aarch64"
     none = edgecc.compile(model, target="rpi4", output=tmp_path / "b", use_shipped_logs=False)
     assert none.transferred == 0
+
+
+def test_a_log_library_replaces_the_shipped_logs(tmp_path, monkeypatch):
+    """EDGECC_TUNING_LOGS points compile at another tree laid out like tuning_logs/."""
+    import shutil
+
+    library = tmp_path / "library"
+    shutil.copytree(DIGITS_LOG, library / "x86_64" / "digits")
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(library))
+    model = make_conv_model(bn=False, cout=24)
+    r = edgecc.compile(model, output=tmp_path / "a")
+    assert r.transferred == 1
+    assert r.manifest.options["tuning_logs"] == [str(library / "x86_64" / "digits")]
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "empty"))
+    assert edgecc.compile(model, output=tmp_path / "b").transferred == 0

@@ -104,6 +104,9 @@ def register_compile(sub) -> None:
     p.add_argument("--no-shipped-logs", action="store_true",
                    help="do not use the shipped tuning_logs/ records (neither applied nor as "
                    "transfer-tuning donors)")
+    p.add_argument("--no-transfer-tuning", action="store_true",
+                   help="kernels without a record of their own keep the default schedule "
+                   "instead of borrowing a similar tuned kernel's")
     _add_quantize_args(p)
     p.add_argument("-f", "--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-cache", action="store_true", help="bypass the compile cache")
@@ -138,7 +141,8 @@ def drive_compile(args) -> int:
         args.model, target=args.target, output=args.output, input_shapes=shapes,
         pipeline=args.pipeline, print_ir_after=tuple(args.print_ir_after), force=args.force,
         use_cache=not args.no_cache, tuning_logs=tuple(args.tuning_log),
-        use_shipped_logs=not args.no_shipped_logs, quantize=_quantization(args),
+        use_shipped_logs=not args.no_shipped_logs,
+        transfer_tuning=not args.no_transfer_tuning, quantize=_quantization(args),
         on_stage=None if args.quiet else _progress)
     m = result.manifest
     if result.cache_note and not args.quiet:

@@ -80,6 +80,7 @@ def compile_model(
     use_cache: bool = True,
     tuning_logs: Sequence[str | Path] = (),
     use_shipped_logs: bool = True,
+    transfer_tuning: bool = True,
     quantize: Quantization | None = None,
     on_stage: StageCallback | None = None,
     emit_ir: Callable[[str], None] = print,
@@ -92,7 +93,9 @@ def compile_model(
     nothing behind. ``on_stage(name, seconds)`` is called as each stage finishes.
 
     Tuning records from ``tuning_logs/<target>/`` (unless ``use_shipped_logs=False``) and from
-    each directory in ``tuning_logs`` are applied to the kernels they match.
+    each directory in ``tuning_logs`` are applied to the kernels they match; with
+    ``transfer_tuning`` (default) the kernels left get the schedule of the most similar tuned
+    kernel (see :mod:`edgecc.transfer`), else a default schedule.
 
     ``quantize`` (see :class:`edgecc.quantize.Quantization`) compiles an int8 (calibrated, QDQ,
     ONNX models only) or fp16 variant; the int8 QDQ model is kept as ``model.qdq.onnx``.
@@ -104,6 +107,8 @@ def compile_model(
     pipeline_name = pipeline or passes.default_pipeline(tgt)
     pass_names = passes.with_quantization(passes.resolve(pipeline_name, tgt),
                                           quantize.mode if quantize else None)
+    if not transfer_tuning:
+        pass_names = tuple(n for n in pass_names if n != passes.TRANSFER_AT)
     passes.check_pass_names(print_ir_after)
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     kind, raw, name = _model_source(model, example_inputs=example_inputs)

@@ -104,6 +104,10 @@ def test_transfer_is_reported_by_compile(tmp_path, capsys):
                  "--tuning-log", str(DIGITS_LOG), "--no-shipped-logs"]) == 0
     out = capsys.readouterr().out
     assert "kernels: 0 tuned, 1 transferred from similar kernels, 0 default schedule" in out
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "d"),
+                 "--tuning-log", str(DIGITS_LOG), "--no-transfer-tuning"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels: 0 tuned, 0 transferred from similar kernels, 1 default schedule" in out
 
 
 def test_other_cpu_targets_logs_are_donors_for_a_target_without_logs(tmp_path):

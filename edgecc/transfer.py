@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CROSS_TARGET_PENALTY = 2.0  # in shape_distance units (log2 of extent ratios)
+DEGENERATE_PENALTY = 2.0  # per loop that has one iteration in one nest and more in the other
 MAX_ATTEMPTS = 8  # donors tried per kernel before it keeps its default schedule
 
 
@@ -74,26 +75,64 @@ def refit_tile(extent: int, old: Sequence[int]) -> list[int]:
 
 
 def shape_distance(a: Sequence[int], b: Sequence[int]) -> float:
-    """How far two loop nests' extents are apart: the sum of |log2(a_i / b_i)| (0: same shapes);
+    """How far two loop nests' extents are apart: the sum of |log2(a_i / b_i)| (0: same shapes),
+    plus :data:`DEGENERATE_PENALTY` for each loop that is a real loop in one nest and a single
+    iteration in the other (a 1x1 conv's schedule says nothing about tiling a 3x3 window);
     infinite when the nests have different depths."""
     if len(a) != len(b):
         return math.inf
-    return sum(abs(math.log2(int(x)) - math.log2(int(y))) for x, y in zip(a, b, strict=True))
+    return sum(abs(math.log2(int(x)) - math.log2(int(y)))
+               + (DEGENERATE_PENALTY if (int(x) == 1) != (int(y) == 1) else 0.0)
+               for x, y in zip(a, b, strict=True))
+
+
+def _anchor_block(func):
+    import tvm  # noqa: PLC0415
+    from tvm.s_tir import analysis  # noqa: PLC0415
+
+    return analysis.find_anchor_sblock(tvm.IRModule({"main": func}))
 
 
 def anchor_signature(func) -> tuple[str, tuple[int, ...]] | None:
     """(structure, loop extents) of a PrimFunc's anchor block, or None when it has none.
     The structure is the block's name, iterator kinds and body with every number masked, so a
     3x3 conv matches a 3x3 conv of other channel counts but not a depthwise conv or a matmul."""
-    import tvm  # noqa: PLC0415
-    from tvm.s_tir import analysis  # noqa: PLC0415
-
-    block = analysis.find_anchor_sblock(tvm.IRModule({"main": func}))
+    block = _anchor_block(func)
     if block is None:
         return None
     kinds = "".join(str(int(iv.iter_type)) for iv in block.iter_vars)
     structure = re.sub(r"\d+", "#", f"{block.name_hint}|{kinds}|{block.body}")
     return structure, tuple(int(iv.dom.extent) for iv in block.iter_vars)
+
+
+def anchor_tile_refits(insts, decisions, anchor: str,
+                       extents: Sequence[int]) -> list[tuple[Any, list[int]]]:
+    """(instruction, refitted decision) for every tile sampled on the anchor block's own loops
+    in a trace (``insts`` in order, ``decisions`` by instruction): the loops the trace's first
+    ``get_loops`` on the block named ``anchor`` returns are the block's iterators in order, so
+    the i-th of them has ``extents[i]`` iterations in the kernel being scheduled.
+
+    Done before the trace is replayed, so every attempt uses tiles made for this kernel; a
+    replay that fails early (another epilogue block) would otherwise leave the donor's tiles,
+    sized for other extents, to the anchor-only application (measured: a 6x6 1x1 conv with a
+    4x4 donor's tiles ran 50x slower, unparallelized, with a 2304-float accumulator)."""
+    blocks = {id_(i.outputs[0]) for i in insts
+              if i.kind.name == "GetSBlock" and str(i.attrs[0]) == anchor}
+    position: dict[int, int] = {}
+    for inst in insts:
+        if inst.kind.name == "GetLoops" and id_(inst.inputs[0]) in blocks and not position:
+            position = {id_(rv): k for k, rv in enumerate(inst.outputs)}
+    out = []
+    for inst in insts:
+        if inst.kind.name == "SamplePerfectTile" and id_(inst.inputs[0]) in position:
+            extent = extents[position[id_(inst.inputs[0])]]
+            out.append((inst, refit_tile(int(extent), [int(x) for x in decisions[inst]])))
+    return out
+
+
+def id_(obj) -> int:
+    """Identity of a trace's random variable: its object handle."""
+    return int(obj.__chandle__())
 
 
 @dataclass(frozen=True)
@@ -177,27 +216,26 @@ def _try_donor(func, donor: Donor, target):
     from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace  # noqa: PLC0415
 
     mod = tvm.IRModule({"main": func})
-    refits: dict[Any, list[int]] = {}
+    block = _anchor_block(func)
+    trace = donor.trace
+    for inst, decision in anchor_tile_refits(trace.insts, trace.decisions, block.name_hint,
+                                             [int(iv.dom.extent) for iv in block.iter_vars]):
+        trace = trace.with_decision(inst, decision, remove_postproc=True)
 
     def provider(inst, inputs, attrs, decision):
-        if inst.kind.name == "SamplePerfectTile":
-            refits[inst] = refit_tile(int(sch.get(inputs[0]).extent), [int(x) for x in decision])
-            return refits[inst]
+        if inst.kind.name == "SamplePerfectTile":  # tiles of other blocks (epilogues)
+            return refit_tile(int(sch.get(inputs[0]).extent), [int(x) for x in decision])
         return decision
 
-    # 1. the whole trace (same epilogue blocks), tile sizes refitted as it is replayed;
-    # 2. else only the anchor block's instructions, with the refits found so far, the epilogue
-    #    inlined (MetaSchedule's anchor-trace application for fused variants).
+    # 1. the whole trace (same epilogue blocks);
+    # 2. else only the anchor block's instructions, the epilogue inlined (MetaSchedule's
+    #    anchor-trace application for fused variants).
     for attempt in ("whole", "anchor"):
         sch = Schedule(mod)
         try:
             if attempt == "whole":
-                donor.trace.apply_to_schedule(sch, remove_postproc=True,
-                                              decision_provider=provider)
+                trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provider)
             else:
-                trace = donor.trace
-                for inst, decision in refits.items():
-                    trace = trace.with_decision(inst, decision, remove_postproc=True)
                 schedule_using_anchor_trace(sch, trace, target)
             if _postprocess(sch, target):
                 return sch.mod["main"]

@@ -13,7 +13,7 @@ import edgecc
 from edgecc.cli import main
 from edgecc.runtime import load, random_inputs
 from edgecc.targets import ROOT
-from edgecc.transfer import Donor, ranked, refit_tile, shape_distance
+from edgecc.transfer import DEGENERATE_PENALTY, Donor, anchor_tile_refits, ranked, refit_tile, shape_distance
 
 DIGITS_LOG = ROOT / "tuning_logs" / "x86_64" / "digits"
 
@@ -45,6 +45,11 @@ def test_shape_distance():
     assert shape_distance((1, 16, 8), (1, 16, 8)) == 0
     assert shape_distance((1, 16, 8), (1, 32, 2)) == pytest.approx(3.0)  # 1 + 2 octaves
     assert shape_distance((1, 16), (1, 16, 3)) == math.inf
+    # a 1x1 window against a 3x3 one: 2 x log2(3) plus a penalty for each degenerate loop, so
+    # a 3x3 conv prefers a 3x3 donor with other channel counts over a 1x1 one
+    one_by_one = shape_distance((1, 16, 24, 24, 16, 3, 3), (1, 16, 48, 48, 16, 1, 1))
+    assert one_by_one == pytest.approx(2 + 2 * math.log2(3) + 2 * DEGENERATE_PENALTY)
+    assert shape_distance((1, 16, 24, 24, 16, 3, 3), (1, 32, 8, 8, 16, 3, 3)) < one_by_one
 
 
 def test_ranked_prefers_near_shapes_and_this_targets_records():
@@ -58,6 +63,30 @@ def test_ranked_prefers_near_shapes_and_this_targets_records():
     assert got == [near, near_elsewhere, far]  # d=1, 1+penalty(2), d=5; other ops never
     fast, slow = donor("conv", (1, 16, 8), run_s=1e-5), donor("conv", (1, 16, 8), run_s=1e-3)
     assert ranked("conv", (1, 16, 8), [slow, fast]) == [fast, slow]  # ties: the faster first
+
+
+def test_every_tile_on_the_anchor_loops_is_refitted_before_replay():
+    """A donor's tiles are refitted to the kernel's own extents from the trace alone, before
+    any replay: a replay that stops early (another epilogue) must not leave tiles sized for the
+    donor's extents to the anchor-only application."""
+    from tvm.s_tir import analysis
+    import tvm
+
+    from edgecc import tuning_log
+
+    rec = next(r for r in tuning_log.read_records([DIGITS_LOG])
+               if analysis.find_anchor_sblock(r.workload.mod) is not None
+               and "conv2d" in analysis.find_anchor_sblock(r.workload.mod).name_hint)
+    block = analysis.find_anchor_sblock(tvm.IRModule({"main": rec.workload.mod["main"]}))
+    donor_extents = [int(iv.dom.extent) for iv in block.iter_vars]
+    trace = rec.trace.simplified(remove_postproc=True)
+    same = anchor_tile_refits(trace.insts, trace.decisions, block.name_hint, donor_extents)
+    assert len(same) == len(donor_extents)  # one tile per anchor loop
+    assert all([int(x) for x in trace.decisions[i]] == d for i, d in same)  # fits: unchanged
+    other = [e * 3 if e > 1 else e for e in donor_extents]  # 3x every loop: 96 channels, ...
+    refits = anchor_tile_refits(trace.insts, trace.decisions, block.name_hint, other)
+    assert [math.prod(d) for _, d in refits] == other
+    assert anchor_tile_refits(trace.insts, trace.decisions, "no_such_block", other) == []
 
 
 def _conv_then(op: str, cout: int = 24) -> onnx.ModelProto:
@@ -96,6 +125,18 @@ def test_a_kernel_with_no_record_borrows_a_similar_one_and_stays_exact(tmp_path,
 
     untouched = edgecc.compile(model, output=tmp_path / "u", use_shipped_logs=False)
     assert untouched.kernels == (0, 1) and untouched.transferred == 0  # no logs, no donors
+
+
+def test_prepacked_kernels_take_their_weights_directly(tmp_path):
+    """After prepack-weights, main passes the packed constants straight to the kernels: no
+    tuple of weights is built, indexed and killed at run time for each kernel."""
+    ir = []
+    edgecc.compile(make_conv_model(bn=False, cout=32), output=tmp_path / "t",
+                   tuning_logs=[DIGITS_LOG], use_shipped_logs=False,
+                   print_ir_after=["prepack-weights"], emit_ir=ir.append)
+    main_fn = ir[0].split("def main(")[1]
+    assert "_prepacked," in main_fn
+    assert "R.Tuple" not in main_fn and "R.tuple(" not in main_fn
 
 
 def test_transfer_is_reported_by_compile(tmp_path, capsys):

@@ -13,6 +13,10 @@ def run(mod, *, target):
     for p in (relax.transform.SplitLayoutRewritePreproc(), relax.transform.LiftTransformParams(),
               relax.transform.FoldConstant(),
               # the packing kernels ran at compile time: drop them from the library
-              relax.transform.DeadCodeElimination()):
+              relax.transform.DeadCodeElimination(),
+              # kernels now take the folded constants directly: the tuples that carried them
+              # are dead (each would cost a make_tuple, tuple_getitems and a kill per kernel
+              # at run time)
+              relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()):
         mod = p(mod)
     return mod

@@ -37,10 +37,29 @@ def tvm_version() -> str:
         return tvm.__version__
 
 
+_SOURCE_DIGEST: str | None = None
+
+
+def source_digest() -> str:
+    """A hash of edgecc's own Python sources (computed once per process, about 1 ms). Part of
+    the cache key: a changed pass changes the artifact a model compiles to, and a version number
+    is not bumped for every such change (an edited checkout, a development install)."""
+    global _SOURCE_DIGEST  # noqa: PLW0603
+    if _SOURCE_DIGEST is None:
+        h = hashlib.sha256()
+        package = Path(__file__).resolve().parent
+        for path in sorted(package.rglob("*.py")):
+            h.update(path.relative_to(package).as_posix().encode())
+            h.update(path.read_bytes())
+        _SOURCE_DIGEST = h.hexdigest()
+    return _SOURCE_DIGEST
+
+
 def cache_key(*, model_sha256: str, target: dict[str, Any], options: dict[str, Any],
               edgecc_version: str) -> str:
     blob = json.dumps({"model": model_sha256, "target": target, "options": options,
-                       "tvm": tvm_version(), "edgecc": edgecc_version}, sort_keys=True)
+                       "tvm": tvm_version(), "edgecc": edgecc_version,
+                       "edgecc_sources": source_digest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -1,4 +1,5 @@
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,26 @@ def test_cache_hit_is_fast_and_identical(tmp_path, conv_onnx):
     assert not third.cached
     other_target = edgecc.compile(conv_onnx, output=tmp_path / "d", target="x86_64-avx512")
     assert not other_target.cached
+
+
+def test_a_change_to_edgecc_itself_misses_the_cache(tmp_path, conv_onnx, monkeypatch):
+    """The key covers edgecc's sources: an edited pass must not be served a stale artifact
+    compiled by the code before the edit, whatever the version number says."""
+    import shutil
+
+    assert edgecc.compile(conv_onnx, output=tmp_path / "a").cached is False
+    assert edgecc.compile(conv_onnx, output=tmp_path / "b").cached is True
+    package = tmp_path / "pkg" / "edgecc"
+    shutil.copytree(Path(cache.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "__file__", str(package / "cache.py"))
+    monkeypatch.setattr(cache, "_SOURCE_DIGEST", None)
+    unchanged = cache.source_digest()
+    monkeypatch.setattr(cache, "_SOURCE_DIGEST", None)
+    p = package / "passes" / "fuse.py"
+    p.write_text(p.read_text() + "\n# edited\n")
+    assert cache.source_digest() != unchanged
+    assert edgecc.compile(conv_onnx, output=tmp_path / "c").cached is False
 
 
 def test_corrupt_cache_entry_is_detected_and_rebuilt(tmp_path, conv_onnx):

@@ -101,8 +101,31 @@ def anchor_signature(func) -> tuple[str, tuple[int, ...]] | None:
     if block is None:
         return None
     kinds = "".join(str(int(iv.iter_type)) for iv in block.iter_vars)
-    structure = re.sub(r"\d+", "#", f"{block.name_hint}|{kinds}|{block.body}")
+    body = canonical_buffers(str(block.body))
+    structure = re.sub(r"\d+", "#", f"{block.name_hint}|{kinds}|{body}")
     return structure, tuple(int(iv.dom.extent) for iv in block.iter_vars)
+
+
+def _letters(k: int) -> str:
+    """0 -> 'a', 25 -> 'z', 26 -> 'ba', ... (no digits: the structure masks numbers)."""
+    out = ""
+    while True:
+        k, r = divmod(k, 26)
+        out = chr(ord("a") + r) + out
+        if k == 0:
+            return out
+
+
+def canonical_buffers(body: str) -> str:
+    """``body`` with its buffers renamed by order of declaration (``buf_a``, ``buf_b``, ...):
+    buffer names come from the graph (``lv12``, ``x``, ``matmul_intermediate`` when fused), not
+    from the computation, and must not keep a kernel from matching its donors."""
+    names = dict.fromkeys(re.findall(r"^\s*(\w+) = T\.Buffer\(", body, flags=re.M))
+    renamed = {name: "buf_" + _letters(k) for k, name in enumerate(names)}
+    if not renamed:
+        return body
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, renamed)) + r")\b")
+    return pattern.sub(lambda m: renamed[m.group(1)], body)
 
 
 def anchor_tile_refits(insts, decisions, anchor: str,
@@ -116,21 +139,21 @@ def anchor_tile_refits(insts, decisions, anchor: str,
     replay that fails early (another epilogue block) would otherwise leave the donor's tiles,
     sized for other extents, to the anchor-only application (measured: a 6x6 1x1 conv with a
     4x4 donor's tiles ran 50x slower, unparallelized, with a 2304-float accumulator)."""
-    blocks = {id_(i.outputs[0]) for i in insts
+    blocks = {_rv_id(i.outputs[0]) for i in insts
               if i.kind.name == "GetSBlock" and str(i.attrs[0]) == anchor}
     position: dict[int, int] = {}
     for inst in insts:
-        if inst.kind.name == "GetLoops" and id_(inst.inputs[0]) in blocks and not position:
-            position = {id_(rv): k for k, rv in enumerate(inst.outputs)}
+        if inst.kind.name == "GetLoops" and _rv_id(inst.inputs[0]) in blocks and not position:
+            position = {_rv_id(rv): k for k, rv in enumerate(inst.outputs)}
     out = []
     for inst in insts:
-        if inst.kind.name == "SamplePerfectTile" and id_(inst.inputs[0]) in position:
-            extent = extents[position[id_(inst.inputs[0])]]
+        if inst.kind.name == "SamplePerfectTile" and _rv_id(inst.inputs[0]) in position:
+            extent = extents[position[_rv_id(inst.inputs[0])]]
             out.append((inst, refit_tile(int(extent), [int(x) for x in decisions[inst]])))
     return out
 
 
-def id_(obj) -> int:
+def _rv_id(obj) -> int:
     """Identity of a trace's random variable: its object handle."""
     return int(obj.__chandle__())
 

@@ -13,7 +13,8 @@ import edgecc
 from edgecc.cli import main
 from edgecc.runtime import load, random_inputs
 from edgecc.targets import ROOT
-from edgecc.transfer import DEGENERATE_PENALTY, Donor, anchor_tile_refits, ranked, refit_tile, shape_distance
+from edgecc.transfer import (DEGENERATE_PENALTY, Donor, anchor_tile_refits, canonical_buffers,
+                             ranked, refit_tile, shape_distance)
 
 DIGITS_LOG = ROOT / "tuning_logs" / "x86_64" / "digits"
 
@@ -50,6 +51,21 @@ def test_shape_distance():
     one_by_one = shape_distance((1, 16, 24, 24, 16, 3, 3), (1, 16, 48, 48, 16, 1, 1))
     assert one_by_one == pytest.approx(2 + 2 * math.log2(3) + 2 * DEGENERATE_PENALTY)
     assert shape_distance((1, 16, 24, 24, 16, 3, 3), (1, 32, 8, 8, 16, 3, 3)) < one_by_one
+
+
+def test_buffer_names_do_not_decide_whether_kernels_match():
+    """The graph names buffers (``x``, ``lv12``, ``matmul_intermediate`` when fused); the
+    structure keeps only which buffer is read where."""
+    def body(out, a, b):
+        return (f"{out} = T.Buffer((1, 8), layout=None)\n{a} = T.Buffer((1, 4), layout=None)\n"
+                f"{b} = T.Buffer((4, 8), layout=None)\n"
+                f"{out}[i, j] = {out}[i, j] + {a}[i, k] * {b}[k, j]")
+
+    fused = canonical_buffers(body("matmul_intermediate", "lv12", "param_0"))
+    assert fused == canonical_buffers(body("matmul", "x", "w"))
+    assert fused.endswith("buf_a[i, j] = buf_a[i, j] + buf_b[i, k] * buf_c[k, j]")
+    swapped = body("o", "a", "b").replace("a[i, k] * b[k, j]", "b[i, k] * a[k, j]")
+    assert canonical_buffers(swapped) != fused  # operands swapped: another computation
 
 
 def test_ranked_prefers_near_shapes_and_this_targets_records():
@@ -160,6 +176,33 @@ def test_other_cpu_targets_logs_are_donors_for_a_target_without_logs(tmp_path):
     assert r.transferred == 1 and r.manifest.arch == "aarch64"
     none = edgecc.compile(model, target="rpi4", output=tmp_path / "b", use_shipped_logs=False)
     assert none.transferred == 0
+
+
+def test_the_encoder_corpus_gives_donors_to_transformer_linears(tmp_path, monkeypatch):
+    """A transformer linear (tokens x features @ weight + bias + residual) at widths no
+    shipped model has borrows a schedule from the encoder corpus alone, and stays
+    exact."""
+    import shutil
+
+    library = tmp_path / "library" / "x86_64"
+    shutil.copytree(ROOT / "tuning_logs" / "x86_64" / "encoder", library / "encoder")
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "library"))
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "B"], ["a"]),
+         helper.make_node("Add", ["a", "x"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 20, 40])],
+        [numpy_helper.from_array(rng.standard_normal((40, 40)).astype("float32"), "W"),
+         numpy_helper.from_array(rng.standard_normal(40).astype("float32"), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    r = edgecc.compile(model, output=tmp_path / "a")
+    assert r.transferred == 1 and r.kernels == (0, 1)
+    feed = random_inputs(r.manifest.inputs)
+    assert rel_err(load(tmp_path / "a").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-5
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "empty"))
+    assert edgecc.compile(model, output=tmp_path / "b").transferred == 0
 
 
 def test_a_log_library_replaces_the_shipped_logs(tmp_path, monkeypatch):

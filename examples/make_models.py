@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", choices=[*MODELS, *CORPUS, []], metavar="NAME",
                    help=f"models to make (default: all of {', '.join(MODELS)}; also "
-                        f"{', '.join(CORPUS)}: the tuning corpus of common layers)")
+                        f"{', '.join(CORPUS)}: tuning corpora of CNN and transformer layers)")
     p.add_argument("-o", "--output", type=Path, default=Path("models"), help="output directory")
     args = p.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)

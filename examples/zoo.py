@@ -157,6 +157,19 @@ class CommonLayers(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class CommonEncoder(nn.Module):
+    """Not a model to deploy: the tuning corpus for transformer layers (attention matmuls, the
+    QKV/projection/feed-forward linears with their fused epilogues), at a width, head size and
+    sequence length the example transformer does not use."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = EncoderBlock(dim=96, heads=4, ff=256)
+
+    def forward(self, x):
+        return self.block(x)
+
+
 # name -> (constructor, example input shape)
 MODELS = {
     "mobilenetv2": (MobileNetV2Small, (1, 3, 96, 96)),
@@ -165,7 +178,8 @@ MODELS = {
     "transformer": (EncoderBlock, (1, 32, 64)),
 }
 # tuning corpora, not benchmarked: shipped logs of these are transfer-tuning donors
-CORPUS = {"layers": (CommonLayers, (1, 3, 128, 128))}
+CORPUS = {"layers": (CommonLayers, (1, 3, 128, 128)),
+          "encoder": (CommonEncoder, (1, 48, 96))}
 # trained, not random: made by examples/make_digits.py
 TRAINED = {"digits": (DigitsCNN, (1, 1, 8, 8))}
 

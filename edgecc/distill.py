@@ -12,6 +12,7 @@ average their gradients every step, so all end with identical weights.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import socket
@@ -150,6 +151,11 @@ def _train(rank: int, world: int, port: int, student: bytes, x: np.ndarray, y: n
     if rank == 0:
         Path(out_dir, "student.onnx").write_bytes(module.to_onnx().SerializeToString())
     if world > 1:
+        # DDP's reducer holds the gloo group and sits in reference cycles: left to the
+        # interpreter's teardown, the group's threads can be destroyed while joinable and abort
+        # the process (seen once in CI: SIGABRT, "terminate called without an active exception")
+        del net, opt, sched
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

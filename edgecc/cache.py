@@ -8,6 +8,7 @@ Nothing here imports TVM, so a cache hit costs a file hash and a copy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,22 +38,17 @@ def tvm_version() -> str:
         return tvm.__version__
 
 
-_SOURCE_DIGEST: str | None = None
-
-
+@functools.cache
 def source_digest() -> str:
     """A hash of edgecc's own Python sources (computed once per process, about 1 ms). Part of
     the cache key: a changed pass changes the artifact a model compiles to, and a version number
     is not bumped for every such change (an edited checkout, a development install)."""
-    global _SOURCE_DIGEST  # noqa: PLW0603
-    if _SOURCE_DIGEST is None:
-        h = hashlib.sha256()
-        package = Path(__file__).resolve().parent
-        for path in sorted(package.rglob("*.py")):
-            h.update(path.relative_to(package).as_posix().encode())
-            h.update(path.read_bytes())
-        _SOURCE_DIGEST = h.hexdigest()
-    return _SOURCE_DIGEST
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def cache_key(*, model_sha256: str, target: dict[str, Any], options: dict[str, Any],

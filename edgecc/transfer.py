@@ -98,8 +98,10 @@ def anchor_signature(func) -> tuple[str, tuple[int, ...]] | None:
     The structure is the block's name, iterator kinds and body with every number masked, so a
     3x3 conv matches a 3x3 conv of other channel counts but not a depthwise conv or a matmul."""
     block = _anchor_block(func)
-    if block is None:
-        return None
+    return None if block is None else _block_signature(block)
+
+
+def _block_signature(block) -> tuple[str, tuple[int, ...]]:
     kinds = "".join(str(int(iv.iter_type)) for iv in block.iter_vars)
     body = canonical_buffers(str(block.body))
     structure = re.sub(r"\d+", "#", f"{block.name_hint}|{kinds}|{body}")
@@ -232,17 +234,16 @@ def _postprocess(sch, target) -> bool:
     return True
 
 
-def _try_donor(func, donor: Donor, target):
-    """The scheduled PrimFunc, or None when the donor's trace does not fit ``func``."""
+def _try_donor(func, donor: Donor, target, *, anchor: str, extents: Sequence[int]):
+    """The scheduled PrimFunc, or None when the donor's trace does not fit ``func`` (whose
+    anchor block is named ``anchor`` and has ``extents``)."""
     import tvm  # noqa: PLC0415
     from tvm.s_tir import Schedule  # noqa: PLC0415
     from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace  # noqa: PLC0415
 
     mod = tvm.IRModule({"main": func})
-    block = _anchor_block(func)
     trace = donor.trace
-    for inst, decision in anchor_tile_refits(trace.insts, trace.decisions, block.name_hint,
-                                             [int(iv.dom.extent) for iv in block.iter_vars]):
+    for inst, decision in anchor_tile_refits(trace.insts, trace.decisions, anchor, extents):
         trace = trace.with_decision(inst, decision, remove_postproc=True)
 
     def provider(inst, inputs, attrs, decision):
@@ -269,11 +270,12 @@ def _try_donor(func, donor: Donor, target):
 
 def transfer_func(func, donors: Sequence[Donor], target):
     """(scheduled func, donor) for an unscheduled PrimFunc, or None."""
-    sig = anchor_signature(func)
-    if sig is None:
+    block = _anchor_block(func)
+    if block is None:
         return None
-    for donor in ranked(sig[0], sig[1], donors)[:MAX_ATTEMPTS]:
-        scheduled = _try_donor(func, donor, target)
+    structure, extents = _block_signature(block)
+    for donor in ranked(structure, extents, donors)[:MAX_ATTEMPTS]:
+        scheduled = _try_donor(func, donor, target, anchor=block.name_hint, extents=extents)
         if scheduled is not None:
             return scheduled, donor
     return None

@@ -106,13 +106,16 @@ def test_a_change_to_edgecc_itself_misses_the_cache(tmp_path, conv_onnx, monkeyp
     shutil.copytree(Path(cache.__file__).parent, package,
                     ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(cache, "__file__", str(package / "cache.py"))
-    monkeypatch.setattr(cache, "_SOURCE_DIGEST", None)
-    unchanged = cache.source_digest()
-    monkeypatch.setattr(cache, "_SOURCE_DIGEST", None)
-    p = package / "passes" / "fuse.py"
-    p.write_text(p.read_text() + "\n# edited\n")
-    assert cache.source_digest() != unchanged
-    assert edgecc.compile(conv_onnx, output=tmp_path / "c").cached is False
+    try:
+        cache.source_digest.cache_clear()
+        unchanged = cache.source_digest()
+        cache.source_digest.cache_clear()
+        p = package / "passes" / "fuse.py"
+        p.write_text(p.read_text() + "\n# edited\n")
+        assert cache.source_digest() != unchanged
+        assert edgecc.compile(conv_onnx, output=tmp_path / "c").cached is False
+    finally:
+        cache.source_digest.cache_clear()  # the next call hashes the real package again
 
 
 def test_corrupt_cache_entry_is_detected_and_rebuilt(tmp_path, conv_onnx):

@@ -12,11 +12,10 @@ def run(mod, *, target):
 
     for p in (relax.transform.SplitLayoutRewritePreproc(), relax.transform.LiftTransformParams(),
               relax.transform.FoldConstant(),
-              # the packing kernels ran at compile time: drop them from the library
-              relax.transform.DeadCodeElimination(),
-              # kernels now take the folded constants directly: the tuples that carried them
-              # are dead (each would cost a make_tuple, tuple_getitems and a kill per kernel
-              # at run time)
-              relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()):
+              # kernels take the folded constants directly, so the tuples that carried them
+              # (a make_tuple, tuple_getitems and a kill per kernel at run time) are dead
+              relax.transform.CanonicalizeBindings(),
+              # ... and so are the packing kernels, which ran at compile time
+              relax.transform.DeadCodeElimination()):
         mod = p(mod)
     return mod

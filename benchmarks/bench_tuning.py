@@ -2,7 +2,8 @@
 """Tuning figures on the example models, one run, same machine: edgecc untuned (no logs at all),
 edgecc with transfer tuning only (every shipped log of every target *except* the model's own:
 what a model that was never tuned gets), edgecc with the shipped tuning logs
-(tuning_logs/<target>/), edgecc after a fresh tuning budget, ONNX Runtime and PyTorch eager:
+(tuning_logs/<target>/), edgecc after a fresh tuning budget (its transfer seeds drawn from the
+other models' logs only), ONNX Runtime and PyTorch eager:
 median latency and ratio to ORT; tuning wall time per 100 trials.
 
     python benchmarks/bench_tuning.py [--models mlp,transformer] [--trials 16] [--target x86_64]
@@ -48,6 +49,8 @@ def main() -> int:
     p.add_argument("--target", default="x86_64")
     p.add_argument("--trials", type=int, default=0, help="fresh tuning budget per task")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--no-transfer-seeds", dest="transfer_seeds", action="store_false",
+                   help="fresh tuning without transfer seeds (random first population)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -74,9 +77,15 @@ def main() -> int:
             variants["shipped"] = (work / f"{name}-shipped", r.kernels)
             per100 = None
             if args.trials:
-                t = tune_model(onnx_path, target=args.target, trials_per_task=args.trials,
-                               log_dir=work / f"log-{name}", on_progress=None)
-                per100 = t.seconds / max(t.trials_run, 1) * 100
+                # fresh tuning: transfer seeds from the other models' logs only
+                os.environ["EDGECC_TUNING_LOGS"] = str(work / f"logs-{name}")
+                try:
+                    t = tune_model(onnx_path, target=args.target, trials_per_task=args.trials,
+                                   log_dir=work / f"log-{name}", on_progress=None,
+                                   transfer_seeds=args.transfer_seeds)
+                finally:
+                    del os.environ["EDGECC_TUNING_LOGS"]
+                per100 = t.seconds / max(t.trials_run + t.seeded, 1) * 100
                 r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-tuned",
                                    tuning_logs=[work / f"log-{name}"], use_shipped_logs=False)
                 variants["tuned"] = (work / f"{name}-tuned", r.kernels)
@@ -100,7 +109,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nmachine: {machine()}; threads {args.threads}; target {args.target}; "
           f"ms = median latency, (ratio to ONNX Runtime)")
-    tuned_hdr = f"tuned {args.trials}/task" if args.trials else "tuned (skipped)"
+    tuned_hdr = (f"tuned {args.trials}/task{'' if args.transfer_seeds else ' (no seeds)'}"
+                 if args.trials else "tuned (skipped)")
     print(table(["model", "untuned (no logs)", "transfer (other models' logs)",
                  "kernels transferred", "shipped logs", "kernels tuned", tuned_hdr, "ORT",
                  "PyTorch", "tune s/100 trials"], rows))

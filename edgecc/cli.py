@@ -211,6 +211,9 @@ def register_tune(sub) -> None:
                    "machine's physical cores; over RPC: what edgecc-run serve reports, else 4)")
     p.add_argument("--keep-best", type=int, metavar="N", help="afterwards, keep only the N "
                    "fastest records per kernel (small logs to ship; trial counts are kept)")
+    p.add_argument("--no-transfer-seeds", dest="transfer_seeds", action="store_false",
+                   help="start each task's search from random samples only, without first "
+                   "measuring the schedules of similar tuned kernels in the logs")
     _add_quantize_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
     p.set_defaults(drive=drive_tune)
@@ -228,16 +231,19 @@ def drive_tune(args) -> int:
     r = tune_model(args.model, target=args.target, trials_per_task=args.trials,
                    time_budget_s=budget, log_dir=args.log_dir, input_shapes=dict(args.input_shape),
                    rpc=rpc, num_cores=args.num_cores, on_progress=log,
-                   keep_best=args.keep_best, quantize=_quantization(args))
+                   keep_best=args.keep_best, quantize=_quantization(args),
+                   transfer_seeds=args.transfer_seeds)
     width = max([len(t.name) for t in r.tasks] + [4])
     print(f"{'task':<{width}}  weight  trials  best (us)")
     for t in r.tasks:
         best = f"{t.best_us:10.2f}" if t.best_us is not None else "       n/a"
         print(f"{t.name:<{width}}  {t.weight:6.0f}  {t.done_before + t.measured:6d}  {best}")
     est = r.estimate_ms()
-    per100 = f", {r.seconds / r.trials_run * 100:.1f} s per 100 trials" if r.trials_run else ""
-    print(f"{r.trials_run} trials in {r.seconds:.1f} s{per100}; {r.skipped} task(s) already "
-          f"tuned; {r.records_added} records added to {r.log_dir}")
+    measured = r.trials_run + r.seeded
+    per100 = f", {r.seconds / measured * 100:.1f} s per 100 trials" if measured else ""
+    seeds = f" (+{r.seeded} transfer seeds)" if r.seeded else ""
+    print(f"{r.trials_run} trials{seeds} in {r.seconds:.1f} s{per100}; {r.skipped} task(s) "
+          f"already tuned; {r.records_added} records added to {r.log_dir}")
     if est is not None:
         print(f"estimated end-to-end kernel time: {est:.3f} ms")
     if r.stopped:

@@ -169,9 +169,12 @@ class Donor:
     trace: Any  # tvm.s_tir.Trace, postprocessing removed
     run_s: float  # the donor's own measured latency (ties: the faster donor first)
     cross_target: bool  # tuned for another target
+    workload: str = ""  # the donor kernel's workload key (tuning skips a task's own records)
 
 
 def donors_from_records(records, *, cross_target: bool) -> list[Donor]:
+    from .tuning_log import workload_key  # noqa: PLC0415
+
     out = []
     for rec in records:
         sig = anchor_signature(rec.workload.mod["main"])
@@ -179,7 +182,7 @@ def donors_from_records(records, *, cross_target: bool) -> list[Donor]:
             continue
         secs = [float(v) for v in rec.run_secs]
         out.append(Donor(sig[0], sig[1], rec.trace.simplified(remove_postproc=True),
-                         sum(secs) / len(secs), cross_target))
+                         sum(secs) / len(secs), cross_target, workload_key(rec.workload.mod)))
     return out
 
 
@@ -227,6 +230,7 @@ def _postprocess(sch, target) -> bool:
     ctx = ms.TuneContext.__new__(ms.TuneContext)
     ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, sch.mod, target, None, None, "main",
                                        1, -1, get_logging_func(get_logger(__name__)))
+    sch.enter_postproc()  # as the search does: a tuning record's trace marks where they begin
     for post in ms.postproc.Postproc.create("llvm"):
         post._initialize_with_tune_context(ctx)
         if not post.apply(sch):
@@ -234,9 +238,10 @@ def _postprocess(sch, target) -> bool:
     return True
 
 
-def _try_donor(func, donor: Donor, target, *, anchor: str, extents: Sequence[int]):
-    """The scheduled PrimFunc, or None when the donor's trace does not fit ``func`` (whose
-    anchor block is named ``anchor`` and has ``extents``)."""
+def _try_donor(func, donor: Donor, target, *, anchor: str, extents: Sequence[int],
+               methods: Sequence[str] = ("whole", "anchor")):
+    """The schedule of ``func`` (its trace included), or None when the donor's trace does not
+    fit ``func`` (whose anchor block is named ``anchor`` and has ``extents``)."""
     import tvm  # noqa: PLC0415
     from tvm.s_tir import Schedule  # noqa: PLC0415
     from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace  # noqa: PLC0415
@@ -254,7 +259,7 @@ def _try_donor(func, donor: Donor, target, *, anchor: str, extents: Sequence[int
     # 1. the whole trace (same epilogue blocks);
     # 2. else only the anchor block's instructions, the epilogue inlined (MetaSchedule's
     #    anchor-trace application for fused variants).
-    for attempt in ("whole", "anchor"):
+    for attempt in methods:
         sch = Schedule(mod)
         try:
             if attempt == "whole":
@@ -262,20 +267,35 @@ def _try_donor(func, donor: Donor, target, *, anchor: str, extents: Sequence[int
             else:
                 schedule_using_anchor_trace(sch, trace, target)
             if _postprocess(sch, target):
-                return sch.mod["main"]
+                return sch
         except Exception:  # noqa: BLE001  (TVM raises several kinds; a misfit is not an error)
             continue
     return None
 
 
-def transfer_func(func, donors: Sequence[Donor], target):
-    """(scheduled func, donor) for an unscheduled PrimFunc, or None."""
+def transfer_schedules(func, donors: Sequence[Donor], target, *, limit: int,
+                       attempts: int = MAX_ATTEMPTS,
+                       whole_only: bool = False) -> list[tuple[Any, Donor]]:
+    """Up to ``limit`` (schedule, donor) pairs for an unscheduled PrimFunc, nearest donors
+    first, trying at most ``attempts`` donors. ``whole_only``: only donors whose whole trace
+    replays on ``func``, so the schedule's trace is a sequence MetaSchedule's own search makes
+    for it (an anchor-only transfer adds inlining steps that its mutators cannot replay)."""
     block = _anchor_block(func)
     if block is None:
-        return None
+        return []
     structure, extents = _block_signature(block)
-    for donor in ranked(structure, extents, donors)[:MAX_ATTEMPTS]:
-        scheduled = _try_donor(func, donor, target, anchor=block.name_hint, extents=extents)
-        if scheduled is not None:
-            return scheduled, donor
-    return None
+    found = []
+    for donor in ranked(structure, extents, donors)[:attempts]:
+        sch = _try_donor(func, donor, target, anchor=block.name_hint, extents=extents,
+                         methods=("whole",) if whole_only else ("whole", "anchor"))
+        if sch is not None:
+            found.append((sch, donor))
+            if len(found) == limit:
+                break
+    return found
+
+
+def transfer_func(func, donors: Sequence[Donor], target):
+    """(scheduled func, donor) for an unscheduled PrimFunc, or None."""
+    found = transfer_schedules(func, donors, target, limit=1)
+    return (found[0][0].mod["main"], found[0][1]) if found else None

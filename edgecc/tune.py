@@ -6,6 +6,13 @@ The tuner extracts its tasks from the IR exactly where the compile pipeline appl
 (``trials_per_task``), not per model. Records are written as they are measured: Ctrl-C, or the
 time budget running out, keeps every record so far, and a re-run resumes (tasks whose budget is
 spent are skipped; a workload tuned for another model is reused).
+
+Each task's search is seeded: before it starts, the schedules of the most similar kernels in the
+logs (this log's other kernels, the target's shipped logs, other CPU targets' logs), transferred
+to the task as ``edgecc compile`` would (:mod:`edgecc.transfer`), are measured and committed as
+records. The evolutionary search starts its population from a task's best records, so a good
+neighbour's schedule is where it begins instead of random samples. A task is seeded once per
+log (``meta.json: seeded``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from . import cache, tuning_log
@@ -27,6 +35,7 @@ from .errors import EdgeccError
 from .targets import Target, get_target
 
 Progress = Callable[[str], None]
+SEED_DONORS = 3  # transferred schedules measured per task before its search starts
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class TuneResult:
     seconds: float
     stopped: str | None  # "interrupted", "time budget", or None when every budget was spent
     records_added: int
+    seeded: int = 0  # transferred schedules measured before the search (count as trials)
 
     @property
     def skipped(self) -> int:
@@ -112,6 +122,7 @@ def tune_model(
     seed: int = 0,
     keep_best: int | None = None,
     quantize=None,
+    transfer_seeds: bool = True,
 ) -> TuneResult:
     """Tune ``model``'s kernels for ``target``; records go to ``log_dir`` (default
     ``tuning_logs/<target>/``). ``quantize`` (an :class:`edgecc.quantize.Quantization`) tunes the
@@ -161,78 +172,36 @@ def tune_model(
     db = tuning_log.open_database(log_dir)
     with tune_target:
         extracted = ms.relax_integration.extract_tasks(mod, tune_target)
-    states = []
     spent = tuning_log.spent(log_dir)
     keys = [tuning_log.workload_key(task.dispatched[0]) for task in extracted]
-    for task, key in zip(extracted, keys, strict=True):
-        done = spent.get(key, 0)
-        if db.has_workload(task.dispatched[0]):
-            done = max(done, len(db.get_top_k(db.commit_workload(task.dispatched[0]),
-                                              trials_per_task)))
-        states.append(TaskState(task.task_name, float(task.weight), _flop(task), done,
-                                trials_per_task))
-        if done:
-            best = db.get_top_k(db.commit_workload(task.dispatched[0]), 1)
-            if best:
-                states[-1].best_us = _run_us(best[0].run_secs)
-    todo = [i for i, s in enumerate(states) if s.done_before < s.budget]
-    log(f"[tune] {name} for {tgt.name} ({cores} cores{', RPC ' + rpc.key if rpc else ''}): "
-        f"{len(states)} tasks, {len(states) - len(todo)} already tuned in {log_dir}, "
-        f"budget {trials_per_task} trials/task"
-        + (f", time budget {_fmt_s(time_budget_s)}" if time_budget_s else ""))
     records_before = len(db)
-    stopped = None
-    trials_run = 0
-    if todo:
-        log(f"[tune] searching a first batch of candidates for each of the {len(todo)} task(s) "
-            "(about 15 s each on 2 cores); measurements are reported as they come back")
-        work = Path(tempfile.mkdtemp(prefix="edgecc-tune-"))
-        progress = _make_progress(ms, states, todo, log, time_budget_s, t0)
-        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-        old_level = ms_logger.level
-        ms_logger.setLevel(logging.WARNING)
-        old_handler = _install_sigint(progress, log)
-        try:
-            # group tasks by remaining budget: one tune_tasks call per group
-            groups: dict[int, list[int]] = {}
-            for i in todo:
-                groups.setdefault(states[i].budget - states[i].done_before, []).append(i)
-            for remaining, idx in sorted(groups.items(), reverse=True):
-                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    [extracted[i] for i in idx], str(work / "logs"), num_threads=cores
-                    if rpc is None else "physical", seed=seed)
-                progress.set_group(idx)
-                ms.tune_tasks(
-                    tasks=ctxs, task_weights=weights, work_dir=str(work),
-                    max_trials_global=remaining * len(idx), max_trials_per_task=remaining,
-                    num_trials_per_iter=min(remaining, 32), builder=_builder(ms, tgt, rpc),
-                    runner=_counting_runner(ms, _runner(ms, rpc), log, t0, total=sum(
-                        states[i].budget - states[i].done_before for i in todo)),
-                    database=db, cost_model="xgb",
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                       progress],
-                    task_scheduler="gradient")
-                if progress.stop_reason:
-                    stopped = progress.stop_reason
-                    break
-        except (KeyboardInterrupt, RuntimeError):
-            # a second Ctrl-C aborts at once; raised inside TVM's C++ loop it may surface as a
-            # RuntimeError: either way every record measured so far is already in the log
-            if progress.stop_reason != "interrupted":
-                raise
-            stopped = "interrupted"
-        finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-            ms_logger.setLevel(old_level)
-            shutil.rmtree(work, ignore_errors=True)
-            # a run that was not stopped spent every budget (a task whose search space holds
-            # fewer candidates than its budget is done too)
-            finished = stopped is None
-            tuning_log.record_spent(log_dir, {
-                k: max(s.done_before + s.measured, s.budget if finished else 0)
-                for k, s in zip(keys, states, strict=True)})
-        trials_run = progress.trials
+    # set by Ctrl-C or the time budget: seeding and search stop after the batch in flight
+    stop = SimpleNamespace(stop_reason=None)
+    old_handler = _install_sigint(stop, log)
+    try:
+        states = _task_states(extracted, keys, db, spent, trials_per_task)
+        tuned = [k for k, st in zip(keys, states, strict=True) if st.done_before >= st.budget]
+        log(f"[tune] {name} for {tgt.name} ({cores} cores{', RPC ' + rpc.key if rpc else ''}): "
+            f"{len(states)} tasks, {len(tuned)} already tuned in {log_dir}, "
+            f"budget {trials_per_task} trials/task"
+            + (f", time budget {_fmt_s(time_budget_s)}" if time_budget_s else ""))
+        seeds = 0
+        if transfer_seeds:
+            seeds = _seed_with_transfers(
+                ms, extracted, keys, db, tgt=tgt, tune_target=tune_target, rpc=rpc,
+                log_dir=log_dir, skip=set(tuned), log=log, stop=stop)
+        if seeds:  # seeds count toward their task's budget
+            states = _task_states(extracted, keys, db, spent, trials_per_task)
+        todo = [i for i, s in enumerate(states) if s.done_before < s.budget]
+        trials_run = 0
+        if todo and stop.stop_reason is None:
+            trials_run = _search(ms, extracted, keys, states, todo, db, tgt=tgt, rpc=rpc,
+                                 cores=cores, seed=seed, log_dir=log_dir, log=log,
+                                 time_budget_s=time_budget_s, t0=t0, stop=stop)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    stopped = stop.stop_reason
     records_added = len(tuning_log.open_database(log_dir)) - records_before
     if keep_best is not None:
         before, after = tuning_log.compact(log_dir, keep=keep_best)
@@ -240,8 +209,156 @@ def tune_model(
             f"({before} -> {after} records)")
     result = TuneResult(log_dir=log_dir, tasks=tuple(states), trials_run=trials_run,
                         seconds=time.perf_counter() - t0, stopped=stopped,
-                        records_added=records_added)
+                        records_added=records_added, seeded=seeds)
     return result
+
+
+def _task_states(extracted, keys: list[str], db, spent: dict[str, int],
+                 budget: int) -> list[TaskState]:
+    """Each task's trials so far (the log's history, or its records) and best latency."""
+    states = []
+    for task, key in zip(extracted, keys, strict=True):
+        done = spent.get(key, 0)
+        if db.has_workload(task.dispatched[0]):
+            done = max(done, len(db.get_top_k(db.commit_workload(task.dispatched[0]), budget)))
+        states.append(TaskState(task.task_name, float(task.weight), _flop(task), done, budget))
+        if done:
+            best = db.get_top_k(db.commit_workload(task.dispatched[0]), 1)
+            if best:
+                states[-1].best_us = _run_us(best[0].run_secs)
+    return states
+
+
+def _search(ms, extracted, keys: list[str], states: list[TaskState], todo: list[int], db, *,
+            tgt: Target, rpc: RPCSettings | None, cores: int, seed: int, log_dir: Path,
+            log: Progress, time_budget_s: float | None, t0: float,
+            stop: SimpleNamespace) -> int:
+    """MetaSchedule's evolutionary search (XGBoost cost model) over the ``todo`` tasks, each to
+    its budget; returns the trials measured. Trial counts go to the log's meta.json."""
+    log(f"[tune] searching a first batch of candidates for each of the {len(todo)} task(s) "
+        "(about 15 s each on 2 cores); measurements are reported as they come back")
+    work = Path(tempfile.mkdtemp(prefix="edgecc-tune-"))
+    progress = _make_progress(ms, states, todo, log, time_budget_s, t0, stop)
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    old_level = ms_logger.level
+    ms_logger.setLevel(logging.WARNING)
+    finished = False  # every budget spent (not stopped, not crashed)
+    try:
+        # group tasks by remaining budget: one tune_tasks call per group
+        groups: dict[int, list[int]] = {}
+        for i in todo:
+            groups.setdefault(states[i].budget - states[i].done_before, []).append(i)
+        for remaining, idx in sorted(groups.items(), reverse=True):
+            ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [extracted[i] for i in idx], str(work / "logs"), num_threads=cores
+                if rpc is None else "physical", seed=seed)
+            progress.set_group(idx)
+            ms.tune_tasks(
+                tasks=ctxs, task_weights=weights, work_dir=str(work),
+                max_trials_global=remaining * len(idx), max_trials_per_task=remaining,
+                num_trials_per_iter=min(remaining, 32), builder=_builder(ms, tgt, rpc),
+                runner=_counting_runner(ms, _runner(ms, rpc), log, t0, total=sum(
+                    states[i].budget - states[i].done_before for i in todo)),
+                database=db, cost_model="xgb",
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                   progress],
+                task_scheduler="gradient")
+            if stop.stop_reason:
+                break
+        finished = stop.stop_reason is None
+    except (KeyboardInterrupt, RuntimeError):
+        # a second Ctrl-C aborts at once; raised inside TVM's C++ loop it may surface as a
+        # RuntimeError: either way every record measured so far is already in the log
+        if stop.stop_reason != "interrupted":
+            raise
+    finally:
+        ms_logger.setLevel(old_level)
+        shutil.rmtree(work, ignore_errors=True)
+        # a search that ran to its end spent every budget (a task whose search space holds
+        # fewer candidates than its budget is done too)
+        tuning_log.record_spent(log_dir, {
+            k: max(s.done_before + s.measured, s.budget if finished else 0)
+            for k, s in zip(keys, states, strict=True)})
+    return progress.trials
+
+
+def _seed_with_transfers(ms, extracted, keys: list[str], db, *, tgt: Target, tune_target,
+                         rpc: RPCSettings | None, log_dir: Path, skip: set[str],
+                         log: Progress, stop: SimpleNamespace) -> int:
+    """Measure up to :data:`SEED_DONORS` transferred schedules for each task not yet seeded in
+    this log (and not in ``skip``) and commit them to ``db``; returns how many were recorded.
+    Once ``stop.stop_reason`` is set (Ctrl-C) it stops after the step in flight."""
+    seeded = tuning_log.seeded(log_dir)
+    want = [i for i, k in enumerate(keys) if k not in seeded and k not in skip]
+    cands = _transfer_candidates(extracted, keys, want, tgt=tgt, tune_target=tune_target,
+                                 log_dir=log_dir, stop=stop) if want else []
+    if stop.stop_reason:
+        return 0
+    recorded = 0
+    if cands:
+        log(f"[tune] seeding: measuring {len(cands)} schedule(s) transferred from similar "
+            f"tuned kernels for {len({i for i, _ in cands})} task(s)")
+        for i, sch, run_secs, args in _measure(ms, [sch for _, sch in cands], tgt=tgt,
+                                               tune_target=tune_target, rpc=rpc, stop=stop,
+                                               tags=[i for i, _ in cands]):
+            db.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, db.commit_workload(extracted[i].dispatched[0]), run_secs,
+                tune_target, args))
+            recorded += 1
+    if want and not stop.stop_reason:
+        tuning_log.record_seeded(log_dir, [keys[i] for i in want])
+    return recorded
+
+
+def _transfer_candidates(extracted, keys: list[str], want: list[int], *, tgt: Target,
+                         tune_target, log_dir: Path, stop: SimpleNamespace) -> list:
+    """(task index, schedule) for each task in ``want``: its nearest donors' whole traces."""
+    from .transfer import donors_from_records, transfer_schedules  # noqa: PLC0415
+
+    own_logs = [log_dir, *(d for d in tuning_log.shipped_logs(tgt)
+                           if d.resolve() != log_dir.resolve())]
+    donors = (donors_from_records(tuning_log.read_records(own_logs), cross_target=False)
+              + donors_from_records(tuning_log.read_records(
+                  tuning_log.donor_logs(tgt, use_shipped=True)), cross_target=True))
+    cands = []
+    for i in want:
+        if stop.stop_reason:
+            break
+        others = [d for d in donors if d.workload != keys[i]]  # not the task's own records
+        cands += [(i, sch) for sch, _ in transfer_schedules(
+            extracted[i].dispatched[0]["main"], others, tune_target, limit=SEED_DONORS,
+            whole_only=True)]
+    return cands
+
+
+def _measure(ms, schedules: list, *, tgt: Target, tune_target, rpc: RPCSettings | None,
+             stop: SimpleNamespace, tags: list) -> list:
+    """Build and time ``schedules`` with the tuner's builder and runner: (tag, schedule,
+    run_secs, args_info) for each one that built and ran."""
+    built = _builder(ms, tgt, rpc).build(
+        [ms.builder.BuilderInput(sch.mod, tune_target) for sch in schedules])
+    ok = [(tag, sch, b.artifact_path,
+           ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
+          for tag, sch, b in zip(tags, schedules, built, strict=True) if b.error_msg is None]
+    runner = _runner(ms, rpc)
+    try:
+        if stop.stop_reason:
+            return []
+        futures = runner.run([ms.runner.RunnerInput(path, device_type="cpu", args_info=args)
+                              for _, _, path, args in ok])  # CPU targets only are tuned
+        out = []
+        for (tag, sch, _, args), future in zip(ok, futures, strict=True):
+            res = future.result()
+            if res.error_msg is None and res.run_secs:
+                out.append((tag, sch, res.run_secs, args))
+        return out
+    finally:
+        for _, _, path, _ in ok:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        # shut the runner's worker pool down here: left to the garbage collector, it may be
+        # collected on one of its own threads, which cannot join itself
+        if getattr(runner, "pool", None) is not None:
+            runner.pool.shutdown()
 
 
 def _flop(task) -> float:
@@ -280,15 +397,15 @@ def _runner(ms, rpc: RPCSettings | None):
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
 
 
-def _install_sigint(progress, log: Progress):
+def _install_sigint(stop: SimpleNamespace, log: Progress):
     """First Ctrl-C: finish the batch in flight, keep its records, stop. Second: abort."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def on_sigint(signum, frame):
-        if progress.stop_reason == "interrupted":
+        if stop.stop_reason == "interrupted":
             raise KeyboardInterrupt
-        progress.stop_reason = "interrupted"
+        stop.stop_reason = "interrupted"
         log("[tune] Ctrl-C: stopping after the batch being measured (Ctrl-C again to abort "
             "now); every record is kept")
 
@@ -317,7 +434,7 @@ def _counting_runner(ms, inner, log: Progress, t0: float, *, total: int):
 
 
 def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,
-                   time_budget_s: float | None, t0: float):
+                   time_budget_s: float | None, t0: float, stop: SimpleNamespace):
     from tvm.ir.utils import derived_object  # noqa: PLC0415
 
     total_budget = sum(states[i].budget - states[i].done_before for i in todo)
@@ -327,7 +444,6 @@ def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,
         def __init__(self):
             self.trials = 0
             self.group: list[int] = []
-            self.stop_reason: str | None = None  # "time budget" or "interrupted"
 
         def set_group(self, idx):
             self.group = idx
@@ -351,10 +467,10 @@ def _make_progress(ms, states: list[TaskState], todo: list[int], log: Progress,
                 f"end-to-end est. {est:.3f} ms ({len(known)}/{len(states)} tasks)  "
                 f"elapsed {_fmt_s(elapsed)}  ETA {_fmt_s(eta)}")
             if (time_budget_s is not None and elapsed > time_budget_s
-                    and self.stop_reason is None):
-                self.stop_reason = "time budget"
+                    and stop.stop_reason is None):
+                stop.stop_reason = "time budget"
                 log(f"[tune] time budget of {_fmt_s(time_budget_s)} reached: stopping")
-            if self.stop_reason is not None:
+            if stop.stop_reason is not None:
                 for i, record in enumerate(task_scheduler.tasks_):
                     if not record.is_terminated:
                         task_scheduler.terminate_task(i)

@@ -152,16 +152,34 @@ def spent(directory: Path) -> dict[str, int]:
     return {k: int(v) for k, v in meta.get("spent", {}).items()}
 
 
-def record_spent(directory: Path, counts: dict[str, int]) -> None:
+def _update_meta(directory: Path, change) -> None:
+    """Apply ``change(meta)`` to ``meta.json`` and replace the file atomically."""
     meta_path = directory / META
     meta = json.loads(meta_path.read_text())
-    merged = meta.get("spent", {})
-    for key, n in counts.items():
-        merged[key] = max(int(merged.get(key, 0)), int(n))
-    meta["spent"] = dict(sorted(merged.items()))
+    change(meta)
     tmp = meta_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     tmp.replace(meta_path)
+
+
+def record_spent(directory: Path, counts: dict[str, int]) -> None:
+    def change(meta):
+        merged = meta.get("spent", {})
+        for key, n in counts.items():
+            merged[key] = max(int(merged.get(key, 0)), int(n))
+        meta["spent"] = dict(sorted(merged.items()))
+
+    _update_meta(directory, change)
+
+
+def seeded(directory: Path) -> set[str]:
+    """Workloads whose tuning was already seeded with transferred schedules in this log."""
+    return set(read_json(directory / META, TuningLogError).get("seeded", []))
+
+
+def record_seeded(directory: Path, keys: list[str]) -> None:
+    _update_meta(directory, lambda meta: meta.update(
+        seeded=sorted(set(meta.get("seeded", [])) | set(keys))))
 
 
 def _mean_secs(record) -> float:

@@ -28,7 +28,7 @@ def test_tuning_writes_records_and_reports_progress(tuned):
     work, _, result, lines = tuned
     assert result.stopped is None
     assert len(result.tasks) == 1 and result.tasks[0].name.startswith("fused_conv2d")
-    assert result.trials_run >= 4 and result.records_added >= 1
+    assert result.trials_run + result.seeded >= 4 and result.records_added >= 1
     assert result.tasks[0].best_us is not None and result.estimate_ms() > 0
     meta = json.loads((work / "log" / "meta.json").read_text())
     assert meta["target"] == "x86_64" and meta["tvm_target"]["mcpu"] == "x86-64-v3"
@@ -120,6 +120,56 @@ def test_compacted_log_still_applies_and_resumes(tuned, tmp_path):
     assert again.trials_run == 0 and again.skipped == 1
     r = edgecc.compile(model, output=tmp_path / "a", tuning_logs=[log], use_shipped_logs=False)
     assert r.kernels == (1, 1)
+
+
+def test_search_starts_from_transferred_schedules_once_per_log(tuned, tmp_path, monkeypatch):
+    """A task with no record of its own first measures the schedules of the most similar tuned
+    kernels (here the fixture's conv, 8 output channels, for a 16-channel one); the records
+    count toward its budget, so at one trial per task no search runs at all."""
+    from edgecc import tuning_log
+
+    work, _, _, _ = tuned
+    library = tmp_path / "library"
+    (library / "x86_64").mkdir(parents=True)
+    (library / "x86_64" / "conv").symlink_to(work / "log")
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(library))
+    model = make_conv_model(bn=False, cout=16)
+    seeded = tune_model(model, trials_per_task=1, log_dir=tmp_path / "log", on_progress=None)
+    assert seeded.seeded >= 1 and seeded.trials_run == 0
+    assert seeded.records_added == seeded.seeded and seeded.tasks[0].best_us is not None
+    key = tuning_log.workload_key(tuning_log.open_database(tmp_path / "log")
+                                  .get_all_tuning_records()[0].workload.mod)
+    assert tuning_log.seeded(tmp_path / "log") == {key}
+    # resuming with a bigger budget searches; the task is not seeded again
+    again = tune_model(model, trials_per_task=seeded.seeded + 2, log_dir=tmp_path / "log",
+                       on_progress=None)
+    assert again.seeded == 0 and again.trials_run >= 2
+    r = edgecc.compile(model, output=tmp_path / "a", tuning_logs=[tmp_path / "log"],
+                       use_shipped_logs=False)
+    assert r.kernels == (1, 1)
+    feed = random_inputs(r.manifest.inputs)
+    assert rel_err(load(tmp_path / "a").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-4
+    # without seeds, the same budget is all search trials
+    plain = tune_model(model, trials_per_task=1, log_dir=tmp_path / "log2", on_progress=None,
+                       transfer_seeds=False)
+    assert plain.seeded == 0 and plain.trials_run == 1
+    assert tuning_log.seeded(tmp_path / "log2") == set()
+
+
+def test_search_runs_from_seeds_of_a_donor_with_another_epilogue(tmp_path, monkeypatch):
+    """A conv followed by a Sigmoid gets seeds from the digits convs (ReLU epilogues); the
+    evolutionary search then mutates them (an anchor-only transfer once crashed it there, so
+    seeds are whole-trace transfers only) and runs its own trials."""
+    from test_transfer import DIGITS_LOG, _conv_then
+
+    library = tmp_path / "library"
+    (library / "x86_64").mkdir(parents=True)
+    (library / "x86_64" / "digits").symlink_to(DIGITS_LOG)
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(library))
+    r = tune_model(_conv_then("Sigmoid"), trials_per_task=5, log_dir=tmp_path / "log",
+                   on_progress=None)
+    assert r.seeded >= 1 and r.trials_run >= 1 and r.stopped is None
+    assert r.records_added >= r.seeded + 1
 
 
 def test_shipped_logs_are_valid_for_their_target():

@@ -172,6 +172,22 @@ def test_search_runs_from_seeds_of_a_donor_with_another_epilogue(tmp_path, monke
     assert r.records_added >= r.seeded + 1
 
 
+def test_a_crashed_search_does_not_count_its_budget_as_spent(tmp_path, monkeypatch):
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecc import tuning_log
+
+    def crash(**_kwargs):
+        raise RuntimeError("search crashed")
+
+    monkeypatch.setattr(ms, "tune_tasks", crash)
+    with pytest.raises(RuntimeError, match="search crashed"):
+        tune_model(make_conv_model(bn=False), trials_per_task=4, log_dir=tmp_path / "log",
+                   on_progress=None, transfer_seeds=False)
+    assert tuning_log.spent(tmp_path / "log") and not any(
+        n >= 4 for n in tuning_log.spent(tmp_path / "log").values())  # a re-run resumes
+
+
 def test_shipped_logs_are_valid_for_their_target():
     from edgecc import tuning_log
     from edgecc.targets import list_targets

@@ -279,7 +279,8 @@ def transfer_schedules(func, donors: Sequence[Donor], target, *, limit: int,
     """Up to ``limit`` (schedule, donor) pairs for an unscheduled PrimFunc, nearest donors
     first, trying at most ``attempts`` donors. ``whole_only``: only donors whose whole trace
     replays on ``func``, so the schedule's trace is a sequence MetaSchedule's own search makes
-    for it (an anchor-only transfer adds inlining steps that its mutators cannot replay)."""
+    for it (with anchor-only transfers among tuning seeds, the search once crashed replaying a
+    mutated trace)."""
     block = _anchor_block(func)
     if block is None:
         return []

@@ -15,6 +15,7 @@ about 15 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -34,6 +35,16 @@ def _logs_without(name: str, dest: Path) -> Path:
                 if log.is_dir() and log.name != name:
                     (dest / target_dir.name / log.name).symlink_to(log.resolve())
     return dest
+
+
+@contextlib.contextmanager
+def _log_library(root: Path):
+    """Use ``root`` as the shipped tuning logs (EDGECC_TUNING_LOGS) inside the block."""
+    os.environ["EDGECC_TUNING_LOGS"] = str(root)
+    try:
+        yield
+    finally:
+        del os.environ["EDGECC_TUNING_LOGS"]
 
 
 def main() -> int:
@@ -65,26 +76,20 @@ def main() -> int:
                                use_shipped_logs=False)
             variants["untuned"] = (work / f"{name}-untuned", r.kernels)
             # the shipped logs of every target minus this model's own: a never-tuned model
-            os.environ["EDGECC_TUNING_LOGS"] = str(_logs_without(name, work / f"logs-{name}"))
-            try:
+            others = _logs_without(name, work / f"logs-{name}")
+            with _log_library(others):
                 r = edgecc.compile(onnx_path, target=args.target,
                                    output=work / f"{name}-transfer")
-            finally:
-                del os.environ["EDGECC_TUNING_LOGS"]
             variants["transfer"] = (work / f"{name}-transfer", r.kernels)
             transferred = r.transferred
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-shipped")
             variants["shipped"] = (work / f"{name}-shipped", r.kernels)
             per100 = None
             if args.trials:
-                # fresh tuning: transfer seeds from the other models' logs only
-                os.environ["EDGECC_TUNING_LOGS"] = str(work / f"logs-{name}")
-                try:
+                with _log_library(others):  # transfer seeds from the other models' logs only
                     t = tune_model(onnx_path, target=args.target, trials_per_task=args.trials,
                                    log_dir=work / f"log-{name}", on_progress=None,
                                    transfer_seeds=args.transfer_seeds)
-                finally:
-                    del os.environ["EDGECC_TUNING_LOGS"]
                 per100 = t.seconds / max(t.trials_run + t.seeded, 1) * 100
                 r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-tuned",
                                    tuning_logs=[work / f"log-{name}"], use_shipped_logs=False)

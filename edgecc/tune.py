@@ -298,9 +298,8 @@ def _seed_with_transfers(ms, extracted, keys: list[str], db, *, tgt: Target, tun
     if cands:
         log(f"[tune] seeding: measuring {len(cands)} schedule(s) transferred from similar "
             f"tuned kernels for {len({i for i, _ in cands})} task(s)")
-        for i, sch, run_secs, args in _measure(ms, [sch for _, sch in cands], tgt=tgt,
-                                               tune_target=tune_target, rpc=rpc, stop=stop,
-                                               tags=[i for i, _ in cands]):
+        for i, sch, run_secs, args in _measure(ms, cands, tgt=tgt, tune_target=tune_target,
+                                               rpc=rpc, stop=stop):
             db.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, db.commit_workload(extracted[i].dispatched[0]), run_secs,
                 tune_target, args))
@@ -331,15 +330,15 @@ def _transfer_candidates(extracted, keys: list[str], want: list[int], *, tgt: Ta
     return cands
 
 
-def _measure(ms, schedules: list, *, tgt: Target, tune_target, rpc: RPCSettings | None,
-             stop: SimpleNamespace, tags: list) -> list:
-    """Build and time ``schedules`` with the tuner's builder and runner: (tag, schedule,
-    run_secs, args_info) for each one that built and ran."""
+def _measure(ms, tagged: list, *, tgt: Target, tune_target, rpc: RPCSettings | None,
+             stop: SimpleNamespace) -> list:
+    """Build and time the (tag, schedule) pairs ``tagged`` with the tuner's builder and runner:
+    (tag, schedule, run_secs, args_info) for each one that built and ran."""
     built = _builder(ms, tgt, rpc).build(
-        [ms.builder.BuilderInput(sch.mod, tune_target) for sch in schedules])
+        [ms.builder.BuilderInput(sch.mod, tune_target) for _, sch in tagged])
     ok = [(tag, sch, b.artifact_path,
            ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
-          for tag, sch, b in zip(tags, schedules, built, strict=True) if b.error_msg is None]
+          for (tag, sch), b in zip(tagged, built, strict=True) if b.error_msg is None]
     runner = _runner(ms, rpc)
     try:
         if stop.stop_reason:

@@ -1,3 +1,4 @@
+import re
 import time
 from pathlib import Path
 
@@ -49,17 +50,82 @@ def test_lowered_ir_has_no_batch_norm_and_is_fused():
     fused = apply(imported.mod, names[: names.index("fuse") + 1], target=tgt)
     text = fused.script()
     assert "batch_norm" not in text
-    prim_funcs = [gv.name_hint for gv, f in fused.functions.items()
-                  if type(f).__name__ == "PrimFunc"]
+    prim_funcs = sorted(gv.name_hint for gv, f in fused.functions.items()
+                        if type(f).__name__ == "PrimFunc")
     # batch norm folded into the conv's weights and bias: conv + bias + relu is one kernel,
-    # the same kernel (and tuning workload) as the model without batch norm
-    assert prim_funcs == ["fused_conv2d_add_relu"], prim_funcs
-    assert text.count("R.call_tir(") == 1
+    # the same kernel (and tuning workload) as the model without batch norm; the conv runs
+    # channels-last, so the NCHW input and output are transposed at the edges
+    assert prim_funcs == ["fused_conv2d_add_relu", "transpose", "transpose1"], prim_funcs
+    assert text.count("R.call_tir(") == 3
     no_bn = frontend.import_onnx(make_conv_model(bn=False), raw=b"", name="m",
                                         input_shapes={})
     fused_no_bn = apply(no_bn.mod, names[: names.index("fuse") + 1], target=tgt)
-    assert [gv.name_hint for gv, f in fused_no_bn.functions.items()
-            if type(f).__name__ == "PrimFunc"] == prim_funcs
+    assert sorted(gv.name_hint for gv, f in fused_no_bn.functions.items()
+                  if type(f).__name__ == "PrimFunc") == prim_funcs
+
+
+def _clip_residual_model() -> "onnx.ModelProto":
+    """x[1,3,16,16] -> Conv -> Clip(0, 6) -> Conv -> Add(residual) -> Relu -> GlobalAveragePool
+    -> Flatten -> Gemm -> y[1,4]: a MobileNet-style chain with ReLU6 and a classifier."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    f = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("W0", f(8, 3, 3, 3)), ("B0", f(8)), ("W1", f(8, 8, 3, 3) * 0.3), ("B1", f(8)),
+        ("lo", np.array(0, "float32")), ("hi", np.array(6, "float32")), ("Wf", f(4, 8)),
+        ("Bf", f(4)))]
+    nodes = [helper.make_node("Conv", ["x", "W0", "B0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c0", "lo", "hi"], ["r0"]),
+             helper.make_node("Conv", ["r0", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c1", "r0"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r1"]),
+             helper.make_node("GlobalAveragePool", ["r1"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["fl"]),
+             helper.make_node("Gemm", ["fl", "Wf", "Bf"], ["y"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "clipres", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_conv_chain_runs_channels_last_with_transposes_only_at_the_edges(tmp_path):
+    """ReLU6 (Clip, imported as maximum/minimum kernels) does not break the NHWC chain: it fuses
+    into the conv, and the only layout kernels are the input's transpose and the one before
+    the flatten (fused with the reshape). Outputs equal ONNX Runtime's."""
+    model = _clip_residual_model()
+    imported = frontend.import_onnx(model, raw=b"", name="m", input_shapes={})
+    names = PIPELINES["cpu-default"]
+    fused = apply(imported.mod, names[: names.index("fuse") + 1], target=get_target("x86_64"))
+    calls = re.findall(r"R\.call_tir\(cls\.(\w+),", fused.script())
+    assert calls == ["transpose", "fused_conv2d_add_maximum_minimum",
+                     "fused_conv2d1_add_add1_maximum", "mean", "fused_transpose1_reshape", "fused_matmul_add2"], calls
+    conv_out = re.search(r"def fused_conv2d_add_maximum_minimum\((.*?)\):", fused.script())
+    assert "(T.int64(1), T.int64(16), T.int64(16), T.int64(8))" in conv_out.group(1)  # NHWC
+    r = edgecc.compile(model, output=tmp_path / "o", use_shipped_logs=False, use_cache=False)
+    feed = random_inputs(r.manifest.inputs, seed=2)
+    assert rel_err(load(tmp_path / "o").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-4
+
+
+def test_only_scalar_clamp_kernels_become_relax_ops():
+    from tvm import relax, topi
+
+    from edgecc.passes.convert_layout import ops_from_clamp_kernels
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 4, 2), "float32"))
+    c = relax.const(1.5, "float32")
+    with bb.function("main", [x]):
+        a = bb.emit_te(topi.maximum, x, c)
+        b = bb.emit_te(topi.minimum, a, c)
+        d = bb.emit_te(topi.add, b, c)  # not a clamp: stays a kernel
+        e = bb.emit_te(topi.maximum, d, x)  # two tensors: stays a kernel
+        bb.emit_func_output(e)
+    text = ops_from_clamp_kernels(bb.get()).script()
+    assert "R.maximum(x, R.const(1.5" in text and "R.minimum(" in text
+    assert re.findall(r"R\.call_tir\(cls\.(\w+),", text) == ["add", "maximum1"]
 
 
 def test_existing_output_refused_then_forced(tmp_path, conv_onnx):

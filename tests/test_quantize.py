@@ -146,6 +146,7 @@ def test_int8_lowered_ir_computes_in_int8(digits_dir, tmp_path):
     for _, params in conv_funcs:  # int8 data and int8 weights in, int32 out
         assert params.count('"int8"') == 2 and '"int32"' in params and "float32" not in params
     assert 'T.Cast("int32"' in tir
+    assert "transpose" not in tir  # int8 keeps NCHW: no layout conversion around requantizing
 
 
 def test_fp16_digits_accuracy_and_size(digits_dir, fp32_result, tmp_path):

@@ -17,6 +17,7 @@ from . import (
     annotate_patterns,
     apply_tuning,
     canonicalize,
+    convert_layout,
     cpu_schedule,
     decompose_inference,
     dispatch_library,
@@ -48,8 +49,8 @@ class PassInfo:
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
     for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
-              fold_constant, dispatch_library, legalize, annotate_patterns, fuse, layout_free,
-              apply_tuning, transfer_tuning, cpu_schedule, prepack_weights, gpu_schedule,
+              convert_layout, fold_constant, dispatch_library, legalize, annotate_patterns, fuse,
+              layout_free, apply_tuning, transfer_tuning, cpu_schedule, prepack_weights, gpu_schedule,
               lower_dataflow, plan_memory, vm_lower)
 }
 
@@ -57,9 +58,10 @@ _FRONT = ("canonicalize", "fold-constant", "fold-batchnorm", "decompose-inferenc
           "fold-constant")
 _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
-    "cpu-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
-                             "fold-constant", "fuse", "layout-free", "apply-tuning",
-                             "transfer-tuning", "cpu-schedule", "prepack-weights") + _LOWER,
+    "cpu-default": _FRONT + ("convert-layout", "dispatch-library", "legalize",
+                             "annotate-patterns", "fold-constant", "fuse", "layout-free",
+                             "apply-tuning", "transfer-tuning", "cpu-schedule",
+                             "prepack-weights") + _LOWER,
     "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                               "fold-constant", "fuse", "gpu-schedule") + _LOWER,
 }
@@ -93,13 +95,15 @@ def resolve(pipeline: str, target: Target) -> tuple[str, ...]:
 
 def with_quantization(names: Sequence[str], mode: str | None) -> tuple[str, ...]:
     """The pipeline ``names`` with the passes a quantization mode needs: ``qdq-to-int8`` first
-    (before constant folding turns int8 weights back into fp32), ``to-fp16`` + a constant fold
-    right after the front passes (before lowering)."""
+    (before constant folding turns int8 weights back into fp32) and no layout conversion,
+    ``to-fp16`` + a constant fold right after the front passes (before lowering)."""
     names = tuple(names)
     if mode is None:
         return names
     if mode == "int8":
-        return ("qdq-to-int8",) + names
+        # int8 stays NCHW: Relax's quantize/dequantize have no layout rule, so converting would
+        # wrap every requantization in a pair of transposes
+        return ("qdq-to-int8",) + tuple(n for n in names if n != "convert-layout")
     if mode == "fp16":
         at = names.index("dispatch-library")
         return names[:at] + ("to-fp16", "fold-constant") + names[at:]
@@ -134,6 +138,6 @@ def describe_pipelines() -> str:
     lines += [f"  {p.name:<{width}}  {p.description}" for p in PASSES.values()]
     lines.append("pipelines:")
     lines += [f"  {name}: {' -> '.join(steps)}" for name, steps in PIPELINES.items()]
-    lines.append("  --quantize int8 runs qdq-to-int8 first; --quantize fp16 inserts to-fp16 -> "
-                 "fold-constant before dispatch-library")
+    lines.append("  --quantize int8 runs qdq-to-int8 first and keeps NCHW (no convert-layout); "
+                 "--quantize fp16 inserts to-fp16 -> fold-constant before dispatch-library")
     return "\n".join(lines)

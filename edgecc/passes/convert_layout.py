@@ -45,6 +45,7 @@ def ops_from_clamp_kernels(mod):
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
+    ops: dict[str, object] = {}  # per kernel: a kernel called N times is compared once
 
     @mutator
     class Rewriter(PyExprMutator):
@@ -59,7 +60,10 @@ def ops_from_clamp_kernels(mod):
             x, c = args
             if not (isinstance(x.ty, relax.TensorType) and isinstance(c.ty, relax.TensorType)):
                 return call
-            op = _clamp_op(func, x.ty, c.ty)
+            name = call.args[0].name_hint
+            if name not in ops:
+                ops[name] = _clamp_op(func, x.ty, c.ty)
+            op = ops[name]
             return call if op is None else op(x, c)
 
     rewriter = Rewriter(mod)

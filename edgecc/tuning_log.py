@@ -120,9 +120,50 @@ def fingerprint(logs: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _complete_lines(path: Path) -> list[str]:
+    """The file's complete lines: a line still being appended by a running tune (no newline
+    yet) is left out."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [line for line in text.split("\n")[:-1] if line.strip()]
+
+
+def _record_index(line: str) -> int | None:
+    """The workload index of a records.json line, or None when the line is not a record."""
+    try:
+        rec = json.loads(line)
+        return int(rec[0]) if isinstance(rec, list) and len(rec) == 2 else None
+    except (ValueError, TypeError):
+        return None
+
+
+def snapshot(directory: Path, dest: Path) -> None:
+    """Copy a consistent view of the log in ``directory`` to ``dest``, even while ``edgecc tune``
+    appends to it. Records are read first, then workloads: the database writes a workload before
+    any record of it, and compaction replaces only the records file (atomically), so every
+    complete record read refers to a workload that is already in the workloads file."""
+    records = _complete_lines(directory / RECORDS)
+    workloads = _complete_lines(directory / WORKLOADS)
+    kept = [line for line in records
+            if (i := _record_index(line)) is not None and 0 <= i < len(workloads)]
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / WORKLOADS).write_text("".join(line + "\n" for line in workloads))
+    (dest / RECORDS).write_text("".join(line + "\n" for line in kept))
+
+
 def read_records(logs: list[Path]) -> list:
-    """Every tuning record in ``logs``, in order."""
-    return [rec for d in logs for rec in open_database(d).get_all_tuning_records()]
+    """Every tuning record in ``logs``, in order (each log read through :func:`snapshot`, so a
+    log that a running tune is writing can be read)."""
+    import tempfile  # noqa: PLC0415
+
+    out = []
+    for d in logs:
+        with tempfile.TemporaryDirectory(prefix="edgecc-log-") as tmp:
+            snapshot(d, Path(tmp))
+            out.extend(open_database(Path(tmp)).get_all_tuning_records())
+    return out
 
 
 def memory_database(records: list):
@@ -182,38 +223,34 @@ def record_seeded(directory: Path, keys: list[str]) -> None:
         seeded=sorted(set(meta.get("seeded", [])) | set(keys))))
 
 
-def _mean_secs(record) -> float:
-    secs = [float(v) for v in (record.run_secs or [])]
+def _line_mean_secs(line: str) -> float:
+    secs = [float(v) for v in (json.loads(line)[1][1] or [])]
     return sum(secs) / len(secs) if secs else float("inf")
 
 
 def compact(directory: Path, *, keep: int = 1) -> tuple[int, int]:
     """Keep only the ``keep`` fastest records per workload (what a shipped log needs);
-    returns (records before, records after). Trial counts survive in meta.json."""
+    returns (records before, records after). Trial counts survive in meta.json.
+
+    Works on the files' lines: the workloads file is left as it is (records keep their indices
+    into it) and the records file is replaced atomically, so a compile reading the log meanwhile
+    (:func:`snapshot`) sees either the old records or the new ones."""
     if keep < 1:
         raise TuningLogError("--keep-best must be at least 1")
-    db = open_database(directory)
-    by_workload: dict[str, list] = {}
-    for rec in db.get_all_tuning_records():
-        by_workload.setdefault(workload_key(rec.workload.mod), []).append(rec)
-    before = sum(len(v) for v in by_workload.values())
-    record_spent(directory, {k: len(v) for k, v in by_workload.items()})
-    import tempfile  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        new = open_database(Path(tmp))
-        after = 0
-        for recs in by_workload.values():
-            workload = new.commit_workload(recs[0].workload.mod)
-            for rec in sorted(recs, key=_mean_secs)[:keep]:
-                if rec.run_secs:
-                    new.commit_tuning_record(rec.__class__(
-                        rec.trace, workload, rec.run_secs, rec.target, rec.args_info))
-                    after += 1
-        for name in (WORKLOADS, RECORDS):
-            src = Path(tmp) / name
-            if src.exists():
-                src.replace(directory / name)
-            else:
-                (directory / name).write_text("")
-    return before, after
+    workloads = _complete_lines(directory / WORKLOADS)
+    by_index: dict[int, list[tuple[int, str]]] = {}  # workload index -> (position, line)
+    for pos, line in enumerate(_complete_lines(directory / RECORDS)):
+        i = _record_index(line)
+        if i is not None and 0 <= i < len(workloads):
+            by_index.setdefault(i, []).append((pos, line))
+    before = sum(len(v) for v in by_index.values())
+    record_spent(directory, {f"0x{int(json.loads(workloads[i])[0]) % 2**64:016x}": len(v)
+                             for i, v in by_index.items()})
+    best = [(pos, line) for entries in by_index.values()
+            for pos, line in sorted(entries, key=lambda e: _line_mean_secs(e[1]))[:keep]
+            if _line_mean_secs(line) != float("inf")]
+    out = [line for _, line in sorted(best)]
+    tmp = directory / (RECORDS + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in out))
+    tmp.replace(directory / RECORDS)
+    return before, len(out)

@@ -219,3 +219,49 @@ def test_a_log_library_replaces_the_shipped_logs(tmp_path, monkeypatch):
     assert r.manifest.options["tuning_logs"] == [str(library / "x86_64" / "digits")]
     monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "empty"))
     assert edgecc.compile(model, output=tmp_path / "b").transferred == 0
+
+
+def test_a_log_being_written_reads_as_its_complete_records(tmp_path):
+    """A compile may read a log while ``edgecc tune`` appends to it: a record whose workload
+    line is not written yet, and a line cut mid-write, are left out instead of crashing
+    MetaSchedule's JSONDatabase (it raised on the out-of-range workload index)."""
+    import json
+    import shutil
+
+    from edgecc import tuning_log
+
+    log = tmp_path / "log"
+    shutil.copytree(DIGITS_LOG, log)
+    n_records = len(tuning_log.read_records([log]))
+    workloads = (log / "workloads.json").read_text().splitlines()
+    first = json.loads((log / "records.json").read_text().splitlines()[0])
+    with open(log / "records.json", "a") as f:
+        f.write(json.dumps([len(workloads), first[1]]) + "\n")  # its workload comes later
+    with pytest.raises(RuntimeError, match="workload_index"):
+        tuning_log.open_database(log).get_all_tuning_records()  # what compiles used to do
+    assert len(tuning_log.read_records([log])) == n_records
+    with open(log / "records.json", "a") as f:
+        f.write(json.dumps(first)[:-40])  # still being written
+    assert len(tuning_log.read_records([log])) == n_records
+
+
+def test_compaction_rewrites_only_the_records_file(tmp_path):
+    import json
+    import shutil
+
+    from edgecc import tuning_log
+
+    log = tmp_path / "log"
+    shutil.copytree(DIGITS_LOG, log)
+    workloads = (log / "workloads.json").read_bytes()
+    lines = (log / "records.json").read_text().splitlines()
+    slower = json.loads(lines[0])
+    slower[1][1] = [float(s) * 3 for s in slower[1][1]]
+    failed = json.loads(lines[0])
+    failed[1][1] = []  # a failed measurement
+    (log / "records.json").write_text("\n".join([*lines, json.dumps(slower),
+                                                 json.dumps(failed)]) + "\n")
+    assert tuning_log.compact(log, keep=1) == (len(lines) + 2, len(lines))
+    assert (log / "workloads.json").read_bytes() == workloads  # indices stay valid
+    assert (log / "records.json").read_text().splitlines() == lines
+    assert tuning_log.compact(log, keep=5) == (len(lines), len(lines))

@@ -218,7 +218,7 @@ def ranked(structure: str, extents: Sequence[int], donors: Sequence[Donor]) -> l
     return [d for *_, d in scored]
 
 
-def _postprocess(sch, target) -> bool:
+def postprocess(sch, target) -> bool:
     """MetaSchedule's LLVM postprocessors (parallel/vectorize/unroll rewriting, reduction
     decomposition, weight layout rewrite) on ``sch``; False if one rejects it."""
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
@@ -266,7 +266,7 @@ def _try_donor(func, donor: Donor, target, *, anchor: str, extents: Sequence[int
                 trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provider)
             else:
                 schedule_using_anchor_trace(sch, trace, target)
-            if _postprocess(sch, target):
+            if postprocess(sch, target):
                 return sch
         except Exception:  # noqa: BLE001  (TVM raises several kinds; a misfit is not an error)
             continue

@@ -109,6 +109,29 @@ def test_conv_chain_runs_channels_last_with_transposes_only_at_the_edges(tmp_pat
     assert rel_err(load(tmp_path / "o").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-4
 
 
+def test_layout_kernels_get_parallel_vectorized_loops_without_a_log():
+    """The layout transposes have no tuning record and no dlight rule; cpu-schedule gives them
+    MetaSchedule's elementwise schedule (parallel outer loops, vectorized inner ones), not naive
+    loops. A kernel with a reduction is not touched by that rule."""
+    from edgecc.passes.cpu_schedule import is_elementwise
+
+    imported = frontend.import_onnx(_clip_residual_model(), raw=b"", name="m", input_shapes={})
+    names = PIPELINES["cpu-default"]
+    mod = apply(imported.mod, names[: names.index("cpu-schedule") + 1],
+                target=get_target("x86_64"))
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if "transpose" in gv.name_hint}
+    assert [re.sub(r"\d+$", "", k) for k in sorted(funcs)] == ["fused_transpose1_reshape",
+                                                                "transpose"]
+    for name, func in funcs.items():
+        text = func.script()
+        assert "T.parallel(" in text and "T.vectorized(" in text, name
+        assert func.attrs["tirx.is_scheduled"], name
+    before = apply(imported.mod, names[: names.index("cpu-schedule")], target=get_target("x86_64"))
+    kinds = {re.sub(r"\d+$", "", gv.name_hint): is_elementwise(f)
+             for gv, f in before.functions.items() if type(f).__name__ == "PrimFunc"}
+    assert kinds["transpose"] and not kinds["mean"] and not kinds["fused_matmul_add"], kinds
+
+
 def test_only_scalar_clamp_kernels_become_relax_ops():
     from tvm import relax, topi
 

@@ -18,10 +18,11 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
-from common import example_onnx, machine, median_ms, ort_session, table
+from common import example_onnx, interleaved_ms, machine, ort_session, table
 
 
 def _logs_without(name: str, dest: Path) -> Path:
@@ -60,6 +61,8 @@ def main() -> int:
     p.add_argument("--target", default="x86_64")
     p.add_argument("--trials", type=int, default=0, help="fresh tuning budget per task")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds (every variant, ORT and PyTorch in turn)")
     p.add_argument("--no-transfer-seeds", dest="transfer_seeds", action="store_false",
                    help="fresh tuning without transfer seeds (random first population)")
     args = p.parse_args()
@@ -94,14 +97,17 @@ def main() -> int:
                 r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-tuned",
                                    tuning_logs=[work / f"log-{name}"], use_shipped_logs=False)
                 variants["tuned"] = (work / f"{name}-tuned", r.kernels)
-            ms = {}
-            for key, (path, _) in variants.items():
-                m = load(path)
-                ms[key] = median_ms(lambda m=m: m.run(feed))
+            runs = {key: (lambda m=load(path): m.run(feed)) for key, (path, _) in variants.items()}
             sess = ort_session(onnx_path, args.threads)
-            ort_ms = median_ms(lambda: sess.run(None, feed))
-            with torch.no_grad():
-                pt_ms = median_ms(lambda: model(example))
+            runs["ort"] = lambda: sess.run(None, feed)
+
+            def torch_run():
+                with torch.no_grad():
+                    model(example)
+            runs["torch"] = torch_run
+            ms = {k: statistics.median(v)
+                  for k, v in interleaved_ms(runs, rounds=args.rounds).items()}
+            ort_ms, pt_ms = ms.pop("ort"), ms.pop("torch")
             cell = lambda key: (f"{ms[key]:.3f} ({ms[key] / ort_ms:.2f}x)"  # noqa: E731
                                 if key in ms else "-")
             tuned_k, total_k = variants["shipped"][1]
@@ -113,7 +119,8 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nmachine: {machine()}; threads {args.threads}; target {args.target}; "
-          f"ms = median latency, (ratio to ONNX Runtime)")
+          f"ms = median over {args.rounds} interleaved rounds of the median latency, "
+          "(ratio to ONNX Runtime)")
     tuned_hdr = (f"tuned {args.trials}/task{'' if args.transfer_seeds else ' (no seeds)'}"
                  if args.trials else "tuned (skipped)")
     print(table(["model", "untuned (no logs)", "transfer (other models' logs)",

@@ -141,8 +141,12 @@ def compile_model(
             if hit is not None:
                 cache.copy_out(hit, output, force=force)
         if hit is not None:
-            return CompileResult(output=output, manifest=Manifest.read(output), cached=True,
-                                 timings=timings)
+            manifest = Manifest.read(output)
+            here = [str(p) for p in logs]  # same contents (fingerprint), maybe other paths
+            if manifest.options.get("tuning_logs") != here:
+                manifest = replace(manifest, options={**manifest.options, "tuning_logs": here})
+                manifest.write(output)
+            return CompileResult(output=output, manifest=manifest, cached=True, timings=timings)
 
     quant_info = None
     with atomic_dir(output, force=force) as tmp:

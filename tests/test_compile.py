@@ -8,6 +8,7 @@ from conftest import make_conv_model, make_two_output_model, ort_run, rel_err
 
 import edgecc
 from edgecc import ModelError, OutputExistsError, cache, frontend
+from edgecc.manifest import Manifest
 from edgecc.passes import PIPELINES, apply
 from edgecc.runtime import load, random_inputs
 from edgecc.targets import get_target
@@ -182,6 +183,26 @@ def test_cache_hit_is_fast_and_identical(tmp_path, conv_onnx):
     assert not third.cached
     other_target = edgecc.compile(conv_onnx, output=tmp_path / "d", target="x86_64-avx512")
     assert not other_target.cached
+
+
+def test_a_cache_hit_names_the_logs_in_effect_now(tmp_path, conv_onnx, monkeypatch):
+    """Two log libraries with the same contents share cache entries; the artifact's manifest
+    (and the compile's `kernels:` line) names the logs of this compile, not those of the compile
+    that filled the cache (another checkout, say)."""
+    import shutil
+
+    from edgecc.tuning_log import shipped_root
+
+    for lib in ("one", "two"):
+        shutil.copytree(shipped_root() / "x86_64" / "digits", tmp_path / lib / "x86_64" / "digits")
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "one"))
+    edgecc.compile(conv_onnx, output=tmp_path / "a")
+    monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "two"))
+    second = edgecc.compile(conv_onnx, output=tmp_path / "b")
+    assert second.cached
+    named = [Path(p).resolve() for p in second.manifest.options["tuning_logs"]]
+    assert named == [(tmp_path / "two" / "x86_64" / "digits").resolve()]
+    assert Manifest.read(tmp_path / "b") == second.manifest
 
 
 def test_a_change_to_edgecc_itself_misses_the_cache(tmp_path, conv_onnx, monkeypatch):

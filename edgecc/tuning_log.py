@@ -130,13 +130,22 @@ def _complete_lines(path: Path) -> list[str]:
     return [line for line in text.split("\n")[:-1] if line.strip()]
 
 
-def _record_index(line: str) -> int | None:
-    """The workload index of a records.json line, or None when the line is not a record."""
+def _parse_record(line: str) -> tuple[int, float] | None:
+    """(workload index, mean seconds; inf for a failed measurement) of a records.json line, or
+    None when the line is not a record."""
     try:
         rec = json.loads(line)
-        return int(rec[0]) if isinstance(rec, list) and len(rec) == 2 else None
-    except (ValueError, TypeError):
+        if not (isinstance(rec, list) and len(rec) == 2):
+            return None
+        secs = [float(v) for v in (rec[1][1] or [])]
+        return int(rec[0]), sum(secs) / len(secs) if secs else float("inf")
+    except (ValueError, TypeError, IndexError):
         return None
+
+
+def _workload_line_key(line: str) -> str:
+    """:func:`workload_key` of a workloads.json line (its structural hash, as hex)."""
+    return f"0x{int(json.loads(line)[0]) % 2**64:016x}"
 
 
 def snapshot(directory: Path, dest: Path) -> None:
@@ -147,7 +156,7 @@ def snapshot(directory: Path, dest: Path) -> None:
     records = _complete_lines(directory / RECORDS)
     workloads = _complete_lines(directory / WORKLOADS)
     kept = [line for line in records
-            if (i := _record_index(line)) is not None and 0 <= i < len(workloads)]
+            if (rec := _parse_record(line)) is not None and 0 <= rec[0] < len(workloads)]
     dest.mkdir(parents=True, exist_ok=True)
     (dest / WORKLOADS).write_text("".join(line + "\n" for line in workloads))
     (dest / RECORDS).write_text("".join(line + "\n" for line in kept))
@@ -223,11 +232,6 @@ def record_seeded(directory: Path, keys: list[str]) -> None:
         seeded=sorted(set(meta.get("seeded", [])) | set(keys))))
 
 
-def _line_mean_secs(line: str) -> float:
-    secs = [float(v) for v in (json.loads(line)[1][1] or [])]
-    return sum(secs) / len(secs) if secs else float("inf")
-
-
 def compact(directory: Path, *, keep: int = 1) -> tuple[int, int]:
     """Keep only the ``keep`` fastest records per workload (what a shipped log needs);
     returns (records before, records after). Trial counts survive in meta.json.
@@ -238,17 +242,17 @@ def compact(directory: Path, *, keep: int = 1) -> tuple[int, int]:
     if keep < 1:
         raise TuningLogError("--keep-best must be at least 1")
     workloads = _complete_lines(directory / WORKLOADS)
-    by_index: dict[int, list[tuple[int, str]]] = {}  # workload index -> (position, line)
+    # workload index -> (mean seconds, position, line)
+    by_index: dict[int, list[tuple[float, int, str]]] = {}
     for pos, line in enumerate(_complete_lines(directory / RECORDS)):
-        i = _record_index(line)
-        if i is not None and 0 <= i < len(workloads):
-            by_index.setdefault(i, []).append((pos, line))
+        rec = _parse_record(line)
+        if rec is not None and 0 <= rec[0] < len(workloads):
+            by_index.setdefault(rec[0], []).append((rec[1], pos, line))
     before = sum(len(v) for v in by_index.values())
-    record_spent(directory, {f"0x{int(json.loads(workloads[i])[0]) % 2**64:016x}": len(v)
+    record_spent(directory, {_workload_line_key(workloads[i]): len(v)
                              for i, v in by_index.items()})
     best = [(pos, line) for entries in by_index.values()
-            for pos, line in sorted(entries, key=lambda e: _line_mean_secs(e[1]))[:keep]
-            if _line_mean_secs(line) != float("inf")]
+            for secs, pos, line in sorted(entries)[:keep] if secs != float("inf")]
     out = [line for _, line in sorted(best)]
     tmp = directory / (RECORDS + ".tmp")
     tmp.write_text("".join(line + "\n" for line in out))

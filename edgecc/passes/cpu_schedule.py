@@ -17,18 +17,16 @@ def run(mod, *, target):
     from tvm import tirx
     from tvm.s_tir import dlight as dl
 
+    from .transfer_tuning import is_scheduled
+
     # dlight updates the module it is given in place: work on a copy, keep the pass pure
     out = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod.clone())
     for gv, func in list(out.functions.items()):
-        if isinstance(func, tirx.PrimFunc) and not _scheduled(func) and is_elementwise(func):
+        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func) and is_elementwise(func):
             scheduled = schedule_elementwise(func, target)
             if scheduled is not None:
                 out[gv] = scheduled.with_attr("tirx.is_scheduled", True)
     return out
-
-
-def _scheduled(func) -> bool:
-    return func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))
 
 
 def is_elementwise(func) -> bool:

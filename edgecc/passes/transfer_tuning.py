@@ -20,7 +20,7 @@ def run(mod, *, target):
         return mod
     out = mod.clone()
     for gv, func in mod.functions.items():
-        if not isinstance(func, tirx.PrimFunc) or _scheduled(func):
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         found = transfer_func(func, donors, target)
         if found is None:
@@ -32,5 +32,6 @@ def run(mod, *, target):
     return out
 
 
-def _scheduled(func) -> bool:
+def is_scheduled(func) -> bool:
+    """The PrimFunc already carries a schedule (a tuned record, a transfer, dlight)."""
     return func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))

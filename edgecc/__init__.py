@@ -20,7 +20,7 @@ from .errors import (
     VerificationError,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 set_default_threads()  # before TVM creates its thread pool (see edgecc/_threads.py)
 

@@ -104,6 +104,10 @@ def register_compile(sub) -> None:
     p.add_argument("--no-shipped-logs", action="store_true",
                    help="do not use the shipped tuning_logs/ records (neither applied nor as "
                    "transfer-tuning donors)")
+    p.add_argument("--no-rule-schedule", action="store_true",
+                   help="convolutions and matrix products without a record of their own are not "
+                   "tiled by the rule (they borrow a similar tuned kernel's schedule instead, "
+                   "or keep the default)")
     p.add_argument("--no-transfer-tuning", action="store_true",
                    help="kernels without a record of their own keep the default schedule "
                    "instead of borrowing a similar tuned kernel's")
@@ -142,6 +146,7 @@ def drive_compile(args) -> int:
         pipeline=args.pipeline, print_ir_after=tuple(args.print_ir_after), force=args.force,
         use_cache=not args.no_cache, tuning_logs=tuple(args.tuning_log),
         use_shipped_logs=not args.no_shipped_logs,
+        rule_schedule=not args.no_rule_schedule,
         transfer_tuning=not args.no_transfer_tuning, quantize=_quantization(args),
         on_stage=None if args.quiet else _progress)
     m = result.manifest
@@ -157,9 +162,9 @@ def drive_compile(args) -> int:
     tuned, total = result.kernels
     if total:
         logs = m.options.get("tuning_logs") or []
-        moved = result.transferred
-        print(f"  kernels: {tuned} tuned, {moved} transferred from similar kernels, "
-              f"{total - tuned - moved} default schedule"
+        moved, ruled = result.transferred, result.rule_tiled
+        print(f"  kernels: {tuned} tuned, {ruled} rule-tiled, {moved} transferred from similar "
+              f"kernels, {total - tuned - moved - ruled} default schedule"
               + (f" (logs: {', '.join(logs)})" if logs else " (no tuning log for this target)"))
     _print_compression(m.options)
     quant = m.options.get("quantize") or {}
@@ -211,6 +216,10 @@ def register_tune(sub) -> None:
                    "machine's physical cores; over RPC: what edgecc-run serve reports, else 4)")
     p.add_argument("--keep-best", type=int, metavar="N", help="afterwards, keep only the N "
                    "fastest records per kernel (small logs to ship; trial counts are kept)")
+    p.add_argument("--select-in-model", type=int, metavar="K", help="afterwards, compile the "
+                   "model with each kernel's K fastest records, time every kernel inside the "
+                   "model, and keep per kernel the record that is fastest there (checked end to "
+                   "end; runs on this machine, not over RPC)")
     p.add_argument("--no-transfer-seeds", dest="transfer_seeds", action="store_false",
                    help="start each task's search from random samples only, without first "
                    "measuring the schedules of similar tuned kernels in the logs")
@@ -226,13 +235,25 @@ def drive_tune(args) -> int:
     if args.rpc_tracker or args.rpc_key:
         rpc = RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "")
     budget = parse_duration(args.time_budget) if args.time_budget else None
+    select = args.select_in_model
+    if select is not None:
+        from .selection import check_runs_here  # noqa: PLC0415
+        from .targets import get_target  # noqa: PLC0415
+
+        if select < 2:
+            raise EdgeccError("--select-in-model needs K >= 2 (records compared per kernel)")
+        if rpc is not None:
+            raise EdgeccError("--select-in-model runs the model on this machine; it does not "
+                              "go with --rpc-tracker")
+        check_runs_here(get_target(args.target))
     log = (lambda msg: None) if args.quiet else (  # noqa: E731
         lambda msg: print(msg, file=sys.stderr, flush=True))
+    keep = args.keep_best
     r = tune_model(args.model, target=args.target, trials_per_task=args.trials,
                    time_budget_s=budget, log_dir=args.log_dir, input_shapes=dict(args.input_shape),
                    rpc=rpc, num_cores=args.num_cores, on_progress=log,
-                   keep_best=args.keep_best, quantize=_quantization(args),
-                   transfer_seeds=args.transfer_seeds)
+                   keep_best=max(keep, select or 0) if keep else None,
+                   quantize=_quantization(args), transfer_seeds=args.transfer_seeds)
     width = max([len(t.name) for t in r.tasks] + [4])
     print(f"{'task':<{width}}  weight  trials  best (us)")
     for t in r.tasks:
@@ -241,7 +262,7 @@ def drive_tune(args) -> int:
     est = r.estimate_ms()
     measured = r.trials_run + r.seeded
     per100 = f", {r.seconds / measured * 100:.1f} s per 100 trials" if measured else ""
-    seeds = f" (+{r.seeded} transfer seeds)" if r.seeded else ""
+    seeds = f" (+{r.seeded} seeds: transferred and rule-based schedules)" if r.seeded else ""
     print(f"{r.trials_run} trials{seeds} in {r.seconds:.1f} s{per100}; {r.skipped} task(s) "
           f"already tuned; {r.records_added} records added to {r.log_dir}")
     if est is not None:
@@ -249,7 +270,30 @@ def drive_tune(args) -> int:
     if r.stopped:
         print(f"stopped early ({r.stopped}): every record measured so far is kept; "
               "re-run the same command to continue")
-    return 130 if r.stopped == "interrupted" else 0
+        return 130 if r.stopped == "interrupted" else 0
+    if select is not None:
+        _select_in_model(args, select, r.log_dir, log)
+    return 0
+
+
+def _select_in_model(args, candidates: int, log_dir: Path, log) -> None:
+    from .selection import select_in_model  # noqa: PLC0415
+
+    s = select_in_model(args.model, target=args.target, log_dir=log_dir, candidates=candidates,
+                        input_shapes=dict(args.input_shape), quantize=_quantization(args),
+                        on_progress=log)
+    if s.kept is None:
+        print(f"in-model selection: nothing to choose (one record per kernel in {log_dir})")
+        return
+    width = max([len(k.name) for k in s.kernels] + [6])
+    print(f"{'kernel':<{width}}  alone (us, by rank)       in the model (us, by rank)  chosen")
+    for k in s.kernels:
+        alone = " ".join(f"{t:7.1f}" for t in k.isolated_us)
+        inside = " ".join(f"{t:7.1f}" for t in k.in_model_us)
+        print(f"{k.name:<{width}}  {alone:<24}  {inside:<26}  {k.chosen + 1}")
+    e2e = ", ".join(f"{label} {ms:.3f} ms" for label, ms in s.end_to_end_ms.items())
+    print(f"end to end: {e2e}; the log keeps {s.kept}'s records ({s.changed} kernel(s) not on "
+          f"their fastest-alone record; {s.dropped} records dropped)")
 
 
 # ----------------------------------------------------------------------------- targets

@@ -42,6 +42,11 @@ class CompileResult:
         """Kernels scheduled with a similar kernel's record (the transfer-tuning pass)."""
         return (self.manifest.options.get("kernels") or {}).get("transferred", 0)
 
+    @property
+    def rule_tiled(self) -> int:
+        """Kernels scheduled by the tiling rule (the rule-schedule pass)."""
+        return (self.manifest.options.get("kernels") or {}).get("rule", 0)
+
 
 def _model_source(model, *, example_inputs) -> tuple[str, bytes | None, str]:
     """(kind, raw bytes or None, display name) without importing TVM."""
@@ -80,6 +85,7 @@ def compile_model(
     use_cache: bool = True,
     tuning_logs: Sequence[str | Path] = (),
     use_shipped_logs: bool = True,
+    rule_schedule: bool = True,
     transfer_tuning: bool = True,
     quantize: Quantization | None = None,
     on_stage: StageCallback | None = None,
@@ -94,8 +100,10 @@ def compile_model(
 
     Tuning records from ``tuning_logs/<target>/`` (unless ``use_shipped_logs=False``) and from
     each directory in ``tuning_logs`` are applied to the kernels they match; with
-    ``transfer_tuning`` (default) the kernels left get the schedule of the most similar tuned
-    kernel (see :mod:`edgecc.transfer`), else a default schedule.
+    ``rule_schedule`` (default) the convolutions and matrix products left are tiled by a rule
+    (see :mod:`edgecc.rule_tiling`); with ``transfer_tuning`` (default) the kernels still left
+    get the schedule of the most similar tuned kernel (see :mod:`edgecc.transfer`), else a
+    default schedule.
 
     ``quantize`` (see :class:`edgecc.quantize.Quantization`) compiles an int8 (calibrated, QDQ,
     ONNX models only) or fp16 variant; the int8 QDQ model is kept as ``model.qdq.onnx``.
@@ -107,8 +115,8 @@ def compile_model(
     pipeline_name = pipeline or passes.default_pipeline(tgt)
     pass_names = passes.with_quantization(passes.resolve(pipeline_name, tgt),
                                           quantize.mode if quantize else None)
-    if not transfer_tuning:
-        pass_names = tuple(n for n in pass_names if n != passes.TRANSFER_AT)
+    off = {passes.RULE_AT: not rule_schedule, passes.TRANSFER_AT: not transfer_tuning}
+    pass_names = tuple(n for n in pass_names if not off.get(n))
     passes.check_pass_names(print_ir_after)
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     kind, raw, name = _model_source(model, example_inputs=example_inputs)
@@ -250,15 +258,17 @@ def constant_bytes(mod) -> int:
 
 def count_kernels(mod) -> dict[str, int]:
     """Kernels (TIR functions) in ``mod``: how many carry a tuned schedule of their own, how
-    many one transferred from a similar kernel's record."""
+    many one transferred from a similar kernel's record, how many the tiling rule scheduled."""
+    from .passes.rule_schedule import RULE  # noqa: PLC0415
     from .passes.transfer_tuning import TRANSFERRED  # noqa: PLC0415
 
     funcs = [f for _, f in mod.functions.items() if type(f).__name__ == "PrimFunc"]
     attrs = [f.attrs if f.attrs is not None else {} for f in funcs]
     scheduled = [a for a in attrs if int(a.get("tirx.is_scheduled", 0)) == 1]
     transferred = sum(1 for a in scheduled if TRANSFERRED in a)
-    return {"tuned": len(scheduled) - transferred, "transferred": transferred,
-            "total": len(funcs)}
+    rule = sum(1 for a in scheduled if RULE in a)
+    return {"tuned": len(scheduled) - transferred - rule, "transferred": transferred,
+            "rule": rule, "total": len(funcs)}
 
 
 def _run_passes(mod, pass_names, tgt: Target, *, logs, cross_logs=(), print_ir_after,
@@ -278,7 +288,8 @@ def _run_passes(mod, pass_names, tgt: Target, *, logs, cross_logs=(), print_ir_a
                   + donors_from_records(tuning_log.read_records(list(cross_logs)),
                                         cross_target=True))
     names = list(pass_names)
-    last = max((names.index(p) for p in (passes.TUNE_AT, passes.TRANSFER_AT) if p in names),
+    last = max((names.index(p) for p in (passes.TUNE_AT, passes.RULE_AT, passes.TRANSFER_AT)
+                if p in names),
                default=len(names) - 1)
     split = last + 1
     with db if db is not None else nullcontext(), using_donors(donors):

@@ -129,9 +129,6 @@ def tune_model(
     kernels of that compressed variant, exactly as ``compile`` with the same option builds it."""
     import psutil  # noqa: PLC0415
 
-    from . import passes  # noqa: PLC0415
-    from .compiler import _check_int8, _model_source, import_model  # noqa: PLC0415
-
     tgt = target if isinstance(target, Target) else get_target(target)
     if tgt.is_gpu:
         raise EdgeccError(f"tuning {tgt.name}: CUDA targets are not tuned yet (dlight default "
@@ -149,25 +146,13 @@ def tune_model(
         cores = num_cores or int(info.get("threads") or 0) or 4
     log_dir = Path(log_dir) if log_dir else tuning_log.shipped_log_dir(tgt)
     tuning_log.ensure_log(log_dir, tgt, cache.tvm_version())
-    shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    kind, raw, name = _model_source(model, example_inputs=example_inputs)
-    calibration = _check_int8(quantize, kind=kind, raw=raw, model=model, name=name, shapes=shapes)
 
     import tvm  # noqa: PLC0415
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    if calibration is not None:
-        from .quantize import quantize_int8  # noqa: PLC0415
-
-        log(f"[edgecc] calibrating int8 on {len(calibration)} samples")
-        raw, _ = quantize_int8(raw, calibration, method=quantize.method,
-                               per_channel=quantize.per_channel)
-    imported = import_model(model, kind=kind, raw=raw, name=name, shapes=shapes,
-                            example_inputs=example_inputs)
-    names = passes.with_quantization(passes.resolve(passes.default_pipeline(tgt), tgt),
-                                     quantize.mode if quantize else None)
-    mod = passes.apply(imported.mod, passes.tuning_prefix(names), target=tgt)
+    name, mod = tuning_module(model, tgt, input_shapes=input_shapes, quantize=quantize,
+                              example_inputs=example_inputs, log=log)
     tune_target = tvm.target.Target({**tgt.target_json(), "num-cores": int(cores)})
     db = tuning_log.open_database(log_dir)
     with tune_target:
@@ -211,6 +196,39 @@ def tune_model(
                         seconds=time.perf_counter() - t0, stopped=stopped,
                         records_added=records_added, seeded=seeds)
     return result
+
+
+def tuning_module(model, tgt: Target, *, input_shapes=None, quantize=None, example_inputs=None,
+                  log: Progress = lambda _msg: None):
+    """(model name, IR module) as the compile pipeline has it just before ``apply-tuning``:
+    the module whose kernels are tuned and matched against the records."""
+    from . import passes  # noqa: PLC0415
+    from .compiler import _check_int8, _model_source, import_model  # noqa: PLC0415
+
+    shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    kind, raw, name = _model_source(model, example_inputs=example_inputs)
+    calibration = _check_int8(quantize, kind=kind, raw=raw, model=model, name=name, shapes=shapes)
+    if calibration is not None:
+        from .quantize import quantize_int8  # noqa: PLC0415
+
+        log(f"[edgecc] calibrating int8 on {len(calibration)} samples")
+        raw, _ = quantize_int8(raw, calibration, method=quantize.method,
+                               per_channel=quantize.per_channel)
+    imported = import_model(model, kind=kind, raw=raw, name=name, shapes=shapes,
+                            example_inputs=example_inputs)
+    names = passes.with_quantization(passes.resolve(passes.default_pipeline(tgt), tgt),
+                                     quantize.mode if quantize else None)
+    return name, passes.apply(imported.mod, passes.tuning_prefix(names), target=tgt)
+
+
+def kernel_workloads(mod) -> dict[str, str]:
+    """Kernel name -> workload key (as the tuner and the database key it) of each kernel in a
+    :func:`tuning_module`."""
+    import tvm  # noqa: PLC0415
+
+    return {gv.name_hint: tuning_log.workload_key(
+                tvm.IRModule({"main": f.with_attr("global_symbol", "main")}))
+            for gv, f in mod.functions.items() if type(f).__name__ == "PrimFunc"}
 
 
 def _task_states(extracted, keys: list[str], db, spent: dict[str, int],
@@ -286,26 +304,38 @@ def _seed_with_transfers(ms, extracted, keys: list[str], db, *, tgt: Target, tun
                          rpc: RPCSettings | None, log_dir: Path, skip: set[str],
                          log: Progress, stop: SimpleNamespace) -> int:
     """Measure up to :data:`SEED_DONORS` transferred schedules for each task not yet seeded in
-    this log (and not in ``skip``) and commit them to ``db``; returns how many were recorded.
-    Once ``stop.stop_reason`` is set (Ctrl-C) it stops after the step in flight."""
+    this log (and not in ``skip``), and the rule-based default schedule
+    (:mod:`edgecc.rule_tiling`) of each task not yet rule-seeded in this log (a task whose
+    budget is spent too: one measurement, and the rule is often hard to beat); commit them to
+    ``db`` and return how many were recorded. Once ``stop.stop_reason`` is set (Ctrl-C) it
+    stops after the step in flight."""
+    from .rule_tiling import rule_schedule  # noqa: PLC0415
+
     seeded = tuning_log.seeded(log_dir)
     want = [i for i, k in enumerate(keys) if k not in seeded and k not in skip]
     cands = _transfer_candidates(extracted, keys, want, tgt=tgt, tune_target=tune_target,
                                  log_dir=log_dir, stop=stop) if want else []
+    ruled = tuning_log.seeded(log_dir, "rule")
+    rule_want = [i for i, k in enumerate(keys) if k not in ruled]
+    rules = [(i, sch) for i in rule_want if not stop.stop_reason
+             and (sch := rule_schedule(extracted[i].dispatched[0]["main"], tune_target))]
     if stop.stop_reason:
         return 0
     recorded = 0
+    cands += rules
     if cands:
-        log(f"[tune] seeding: measuring {len(cands)} schedule(s) transferred from similar "
-            f"tuned kernels for {len({i for i, _ in cands})} task(s)")
+        log(f"[tune] seeding: measuring {len(cands) - len(rules)} schedule(s) transferred from "
+            f"similar tuned kernels and {len(rules)} rule-based default schedule(s) for "
+            f"{len({i for i, _ in cands})} task(s)")
         for i, sch, run_secs, args in _measure(ms, cands, tgt=tgt, tune_target=tune_target,
                                                rpc=rpc, stop=stop):
             db.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, db.commit_workload(extracted[i].dispatched[0]), run_secs,
                 tune_target, args))
             recorded += 1
-    if want and not stop.stop_reason:
+    if not stop.stop_reason:
         tuning_log.record_seeded(log_dir, [keys[i] for i in want])
+        tuning_log.record_seeded(log_dir, [keys[i] for i in rule_want], "rule")
     return recorded
 
 

@@ -222,14 +222,38 @@ def record_spent(directory: Path, counts: dict[str, int]) -> None:
     _update_meta(directory, change)
 
 
-def seeded(directory: Path) -> set[str]:
-    """Workloads whose tuning was already seeded with transferred schedules in this log."""
-    return set(read_json(directory / META, TuningLogError).get("seeded", []))
+SEED_KINDS = {"transfer": "seeded", "rule": "rule_seeded"}  # seed kind -> meta.json key
 
 
-def record_seeded(directory: Path, keys: list[str]) -> None:
+def seeded(directory: Path, kind: str = "transfer") -> set[str]:
+    """Workloads whose tuning was already seeded in this log with transferred schedules
+    (``kind="transfer"``) or with the rule-based default schedule (``"rule"``)."""
+    return set(read_json(directory / META, TuningLogError).get(SEED_KINDS[kind], []))
+
+
+def record_seeded(directory: Path, keys: list[str], kind: str = "transfer") -> None:
+    field = SEED_KINDS[kind]
     _update_meta(directory, lambda meta: meta.update(
-        seeded=sorted(set(meta.get("seeded", [])) | set(keys))))
+        {field: sorted(set(meta.get(field, [])) | set(keys))}))
+
+
+def _records_by_index(directory: Path) -> tuple[list[str], dict[int, list[tuple[float, int, str]]]]:
+    """The log's workload lines, and its record lines grouped by workload index as
+    (mean seconds, position in the file, line), fastest first."""
+    workloads = _complete_lines(directory / WORKLOADS)
+    by_index: dict[int, list[tuple[float, int, str]]] = {}
+    for pos, line in enumerate(_complete_lines(directory / RECORDS)):
+        rec = _parse_record(line)
+        if rec is not None and 0 <= rec[0] < len(workloads):
+            by_index.setdefault(rec[0], []).append((rec[1], pos, line))
+    return workloads, {i: sorted(v) for i, v in by_index.items()}
+
+
+def _write_records(directory: Path, lines: list[str]) -> None:
+    """Replace the records file atomically (a reader sees the old records or the new ones)."""
+    tmp = directory / (RECORDS + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(directory / RECORDS)
 
 
 def compact(directory: Path, *, keep: int = 1) -> tuple[int, int]:
@@ -241,20 +265,46 @@ def compact(directory: Path, *, keep: int = 1) -> tuple[int, int]:
     (:func:`snapshot`) sees either the old records or the new ones."""
     if keep < 1:
         raise TuningLogError("--keep-best must be at least 1")
-    workloads = _complete_lines(directory / WORKLOADS)
-    # workload index -> (mean seconds, position, line)
-    by_index: dict[int, list[tuple[float, int, str]]] = {}
-    for pos, line in enumerate(_complete_lines(directory / RECORDS)):
-        rec = _parse_record(line)
-        if rec is not None and 0 <= rec[0] < len(workloads):
-            by_index.setdefault(rec[0], []).append((rec[1], pos, line))
+    workloads, by_index = _records_by_index(directory)
     before = sum(len(v) for v in by_index.values())
     record_spent(directory, {_workload_line_key(workloads[i]): len(v)
                              for i, v in by_index.items()})
     best = [(pos, line) for entries in by_index.values()
-            for secs, pos, line in sorted(entries)[:keep] if secs != float("inf")]
+            for secs, pos, line in entries[:keep] if secs != float("inf")]
     out = [line for _, line in sorted(best)]
-    tmp = directory / (RECORDS + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in out))
-    tmp.replace(directory / RECORDS)
+    _write_records(directory, out)
     return before, len(out)
+
+
+def ranked_records(directory: Path, depth: int) -> dict[str, list[tuple[float, str]]]:
+    """Per workload key, its ``depth`` fastest measured records as (mean seconds, record line),
+    fastest first (failed measurements left out)."""
+    workloads, by_index = _records_by_index(directory)
+    out = {}
+    for i, entries in by_index.items():
+        ok = [(secs, line) for secs, _, line in entries if secs != float("inf")][:depth]
+        if ok:
+            out[_workload_line_key(workloads[i])] = ok
+    return out
+
+
+def write_candidate_log(directory: Path, dest: Path, pick: dict[str, str]) -> None:
+    """A log in ``dest`` with ``directory``'s meta and workloads and only the record lines in
+    ``pick`` (one per workload key)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (META, WORKLOADS):
+        (dest / name).write_text((directory / name).read_text())
+    _write_records(dest, list(pick.values()))
+
+
+def keep_chosen(directory: Path, chosen: dict[str, str]) -> int:
+    """For each workload key in ``chosen``, keep only its chosen record line (other workloads'
+    records are left as they are); returns how many records were dropped. Trial counts
+    survive in meta.json."""
+    workloads, by_index = _records_by_index(directory)
+    keys = {i: _workload_line_key(w) for i, w in enumerate(workloads)}
+    record_spent(directory, {keys[i]: len(v) for i, v in by_index.items()})
+    kept = [(pos, line) for i, entries in by_index.items() for _, pos, line in entries
+            if keys[i] not in chosen or line == chosen[keys[i]]]
+    _write_records(directory, [line for _, line in sorted(kept)])
+    return sum(len(v) for v in by_index.values()) - len(kept)

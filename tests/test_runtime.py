@@ -37,6 +37,25 @@ def test_benchmark_reports_percentiles(artifact):
     assert r.min_ms <= r.mean_ms <= r.max_ms
 
 
+def test_profile_times_every_kernel_of_the_model_inside_it(artifact):
+    """Each kernel of the model (as the tuner names it) is timed in the run, under its name or
+    the name prepack-weights gave it; VM builtins are timed too but map to no kernel."""
+    from conftest import make_conv_model
+
+    from edgecc.selection import kernel_times
+    from edgecc.targets import get_target
+    from edgecc.tune import kernel_workloads, tuning_module
+
+    profile = load(artifact).profile_kernels(runs=5)
+    assert all(t > 0 for t in profile.values())
+    _, mod = tuning_module(make_conv_model(), get_target("x86_64"))
+    names = kernel_workloads(mod)
+    assert len(names) == 3  # transpose to NHWC, conv + bias + relu, transpose back
+    assert kernel_times(profile, names).keys() == set(names.values())
+    with pytest.raises(InputError, match="^runs must be at least 1$"):
+        load(artifact).profile_kernels(runs=0)
+
+
 def test_summarize_math():
     r = summarize([0.001, 0.002, 0.003, 0.004], number=1)
     assert r.mean_ms == pytest.approx(2.5) and r.p50_ms == pytest.approx(2.5)

@@ -127,8 +127,8 @@ def test_a_kernel_with_no_record_borrows_a_similar_one_and_stays_exact(tmp_path,
     tuned schedule: parallel, vectorized, outputs equal to ONNX Runtime's."""
     ir = []
     r = edgecc.compile(model, output=tmp_path / "t", tuning_logs=[DIGITS_LOG],
-                       use_shipped_logs=False, print_ir_after=["transfer-tuning"],
-                       emit_ir=ir.append)
+                       use_shipped_logs=False, rule_schedule=False,
+                       print_ir_after=["transfer-tuning"], emit_ir=ir.append)
     # the conv, plus the transposes into and out of channels-last (default schedules)
     assert r.kernels == (0, 3) and r.transferred == 1
     kernel = next(k for k in ir[0].split("@T.prim_func")[1:] if "def fused_conv2d" in k)
@@ -159,13 +159,22 @@ def test_prepacked_kernels_take_their_weights_directly(tmp_path):
 def test_transfer_is_reported_by_compile(tmp_path, capsys):
     onnx.save(make_conv_model(bn=False, cout=24), tmp_path / "m.onnx")
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c"),
-                 "--tuning-log", str(DIGITS_LOG), "--no-shipped-logs"]) == 0
+                 "--tuning-log", str(DIGITS_LOG), "--no-shipped-logs", "--no-rule-schedule"]) == 0
     out = capsys.readouterr().out
-    assert "kernels: 0 tuned, 1 transferred from similar kernels, 2 default schedule" in out
+    assert ("kernels: 0 tuned, 0 rule-tiled, 1 transferred from similar kernels, "
+            "2 default schedule") in out
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "d"),
-                 "--tuning-log", str(DIGITS_LOG), "--no-transfer-tuning"]) == 0
+                 "--tuning-log", str(DIGITS_LOG), "--no-transfer-tuning",
+                 "--no-rule-schedule"]) == 0
     out = capsys.readouterr().out
-    assert "kernels: 0 tuned, 0 transferred from similar kernels, 3 default schedule" in out
+    assert ("kernels: 0 tuned, 0 rule-tiled, 0 transferred from similar kernels, "
+            "3 default schedule") in out
+    # by default the conv is tiled by the rule before any donor is considered
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "e"),
+                 "--tuning-log", str(DIGITS_LOG)]) == 0
+    out = capsys.readouterr().out
+    assert ("kernels: 0 tuned, 1 rule-tiled, 0 transferred from similar kernels, "
+            "2 default schedule") in out
 
 
 def test_other_cpu_targets_logs_are_donors_for_a_target_without_logs(tmp_path):
@@ -173,10 +182,13 @@ def test_other_cpu_targets_logs_are_donors_for_a_target_without_logs(tmp_path):
     target-independent TIR), and its outputs keep the default compile's exactness."""
     assert not (ROOT / "tuning_logs" / "rpi4").exists()
     model = make_conv_model(bn=False, cout=24)
-    r = edgecc.compile(model, target="rpi4", output=tmp_path / "a")
+    r = edgecc.compile(model, target="rpi4", output=tmp_path / "a", rule_schedule=False)
     assert r.transferred == 1 and r.manifest.arch == "aarch64"
-    none = edgecc.compile(model, target="rpi4", output=tmp_path / "b", use_shipped_logs=False)
+    none = edgecc.compile(model, target="rpi4", output=tmp_path / "b", use_shipped_logs=False,
+                          rule_schedule=False)
     assert none.transferred == 0
+    ruled = edgecc.compile(model, target="rpi4", output=tmp_path / "c")  # the default
+    assert ruled.rule_tiled == 1 and ruled.transferred == 0
 
 
 def test_the_encoder_corpus_gives_donors_to_transformer_linears(tmp_path, monkeypatch):
@@ -198,12 +210,12 @@ def test_the_encoder_corpus_gives_donors_to_transformer_linears(tmp_path, monkey
          numpy_helper.from_array(rng.standard_normal(40).astype("float32"), "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    r = edgecc.compile(model, output=tmp_path / "a")
+    r = edgecc.compile(model, output=tmp_path / "a", rule_schedule=False)
     assert r.transferred == 1 and r.kernels == (0, 1)
     feed = random_inputs(r.manifest.inputs)
     assert rel_err(load(tmp_path / "a").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-5
     monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "empty"))
-    assert edgecc.compile(model, output=tmp_path / "b").transferred == 0
+    assert edgecc.compile(model, output=tmp_path / "b", rule_schedule=False).transferred == 0
 
 
 def test_a_log_library_replaces_the_shipped_logs(tmp_path, monkeypatch):
@@ -214,11 +226,11 @@ def test_a_log_library_replaces_the_shipped_logs(tmp_path, monkeypatch):
     shutil.copytree(DIGITS_LOG, library / "x86_64" / "digits")
     monkeypatch.setenv("EDGECC_TUNING_LOGS", str(library))
     model = make_conv_model(bn=False, cout=24)
-    r = edgecc.compile(model, output=tmp_path / "a")
+    r = edgecc.compile(model, output=tmp_path / "a", rule_schedule=False)
     assert r.transferred == 1
     assert r.manifest.options["tuning_logs"] == [str(library / "x86_64" / "digits")]
     monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "empty"))
-    assert edgecc.compile(model, output=tmp_path / "b").transferred == 0
+    assert edgecc.compile(model, output=tmp_path / "b", rule_schedule=False).transferred == 0
 
 
 def test_a_log_being_written_reads_as_its_complete_records(tmp_path):
@@ -265,3 +277,20 @@ def test_compaction_rewrites_only_the_records_file(tmp_path):
     assert (log / "workloads.json").read_bytes() == workloads  # indices stay valid
     assert (log / "records.json").read_text().splitlines() == lines
     assert tuning_log.compact(log, keep=5) == (len(lines), len(lines))
+
+
+def test_in_model_choice_needs_a_clear_win_over_the_fastest_alone():
+    from edgecc.selection import choose
+
+    assert choose([10.0, 9.9, 12.0]) == 0  # 1% faster in the model: noise, keep rank 1
+    assert choose([10.0, 9.0, 8.5]) == 2
+    assert choose([10.0, 30.0]) == 0
+
+
+def test_kernel_times_sum_a_workloads_calls_under_their_prepacked_names():
+    from edgecc.selection import kernel_times
+
+    names = {"fused_conv2d_add": "k1", "fused_conv2d_add1": "k1", "transpose": "k2"}
+    profile = {"fused_conv2d_add_prepacked": 3.0, "fused_conv2d_add1": 2.0,
+               "transpose": 1.0, "vm.builtin.alloc_tensor": 5.0}
+    assert kernel_times(profile, names) == {"k1": 5.0, "k2": 1.0}

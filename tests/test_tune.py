@@ -6,7 +6,7 @@ import pytest
 from conftest import make_conv_model, ort_run, rel_err
 
 import edgecc
-from edgecc import EdgeccError, TuningLogError
+from edgecc import EdgeccError, TuningLogError, tuning_log
 from edgecc.cli import main
 from edgecc.runtime import load, random_inputs
 from edgecc.tune import parse_duration, tune_model
@@ -42,6 +42,11 @@ def test_tuning_writes_records_and_reports_progress(tuned):
     assert meta["target"] == "x86_64" and meta["tvm_target"]["mcpu"] == "x86-64-v3"
     assert lines[0].startswith("[tune] tinyconv for x86_64 (")
     assert any("trials" in ln and "ETA" in ln and "end-to-end est." in ln for ln in lines[1:])
+    # the conv's search starts from the rule-tiled schedule (measured once, as a seed); the
+    # transposes have no anchor for the rule
+    assert any(ln.startswith("[tune] seeding: measuring 0 schedule(s) transferred") and
+               "and 1 rule-based default schedule(s) for 1 task(s)" in ln for ln in lines)
+    assert len(tuning_log.seeded(work / "log", "rule")) == KERNELS
 
 
 def test_resume_skips_tasks_whose_budget_is_spent(tuned):
@@ -65,7 +70,8 @@ def test_compile_applies_the_log_and_stays_exact(tuned, tmp_path, capsys):
     onnx.save(model, tmp_path / "m.onnx")
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c"), "-q",
                  "--tuning-log", str(work / "log"), "--no-shipped-logs"]) == 0
-    assert (f"kernels: {KERNELS} tuned, 0 transferred from similar kernels, 0 default schedule "
+    assert (f"kernels: {KERNELS} tuned, 0 rule-tiled, 0 transferred from similar kernels, "
+            "0 default schedule "
             "(logs: ") in capsys.readouterr().out
 
 
@@ -117,8 +123,6 @@ def test_tune_over_rpc_loopback(tmp_path, capsys):
 def test_compacted_log_still_applies_and_resumes(tuned, tmp_path):
     import shutil
 
-    from edgecc import tuning_log
-
     work, model, result, _ = tuned
     log = tmp_path / "log"
     shutil.copytree(work / "log", log)
@@ -135,8 +139,6 @@ def test_search_starts_from_transferred_schedules_once_per_log(tuned, tmp_path, 
     """A task with no record of its own first measures the schedules of the most similar tuned
     kernels (here the fixture's conv, 8 output channels, for a 16-channel one); the records
     count toward its budget, so at one trial per task no search runs at all."""
-    from edgecc import tuning_log
-
     work, _, _, _ = tuned
     library = tmp_path / "library"
     (library / "x86_64").mkdir(parents=True)
@@ -188,8 +190,6 @@ def test_search_runs_from_seeds_of_a_donor_with_another_epilogue(tmp_path, monke
 def test_a_crashed_search_does_not_count_its_budget_as_spent(tmp_path, monkeypatch):
     from tvm.s_tir import meta_schedule as ms
 
-    from edgecc import tuning_log
-
     def crash(**_kwargs):
         raise RuntimeError("search crashed")
 
@@ -202,7 +202,6 @@ def test_a_crashed_search_does_not_count_its_budget_as_spent(tmp_path, monkeypat
 
 
 def test_shipped_logs_are_valid_for_their_target():
-    from edgecc import tuning_log
     from edgecc.targets import list_targets
 
     for target in list_targets():
@@ -238,6 +237,47 @@ def test_ctrl_c_keeps_records_and_leaves_no_workers(tmp_path):
     assert "stopped early (interrupted): every record measured so far is kept" in out
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"worker processes left behind: {[p.pid for p in alive]}"
-    from edgecc import tuning_log
-
     assert len(tuning_log.open_database(log)) >= 1
+
+
+def test_in_model_selection_keeps_one_of_each_kernels_best_records(tuned, tmp_path, capsys):
+    """``tune --select-in-model K`` compiles the model with each kernel's 1st..Kth fastest
+    record, times the kernels inside the model, and leaves the log with one of those records
+    per kernel; the log still compiles to the exact result."""
+    import shutil
+
+    import onnx
+
+    work, model, _, _ = tuned
+    log = tmp_path / "log"
+    shutil.copytree(work / "log", log)
+    before = tuning_log.ranked_records(log, 3)
+    assert max(len(v) for v in before.values()) >= 2  # something to choose between
+    onnx.save(model, tmp_path / "m.onnx")
+    assert main(["tune", str(tmp_path / "m.onnx"), "--trials", "4", "--log-dir", str(log),
+                 "--select-in-model", "3", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "end to end: rank1 " in out and "the log keeps " in out
+    after = tuning_log.ranked_records(log, 10)
+    assert after.keys() == before.keys()
+    for key, records in after.items():
+        assert len(records) == 1 and records[0][1] in [line for _, line in before[key]]
+    assert sum(tuning_log.spent(log).values()) >= 4  # trial history survives
+    r = edgecc.compile(model, output=tmp_path / "a", tuning_logs=[log], use_shipped_logs=False)
+    assert r.kernels == (KERNELS, KERNELS)
+    feed = random_inputs(r.manifest.inputs)
+    assert rel_err(load(tmp_path / "a").run(feed)["y"], ort_run(model, feed)[0]) <= 1e-4
+
+
+def test_in_model_selection_is_refused_before_tuning_where_it_cannot_run(tmp_path, capsys):
+    import onnx
+
+    onnx.save(make_conv_model(bn=False), tmp_path / "m.onnx")
+    assert main(["tune", str(tmp_path / "m.onnx"), "-t", "aarch64", "--log-dir",
+                 str(tmp_path / "log"), "--select-in-model", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "error: --select-in-model runs the model on this machine, which runs " in err
+    assert err.rstrip().endswith("code, not aarch64; select on a machine of that target")
+    assert not (tmp_path / "log").exists()
+    assert main(["tune", str(tmp_path / "m.onnx"), "--select-in-model", "1"]) == 1
+    assert "error: --select-in-model needs K >= 2" in capsys.readouterr().err

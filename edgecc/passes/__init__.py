@@ -31,6 +31,7 @@ from . import (
     plan_memory,
     prepack_weights,
     qdq_to_int8,
+    rule_schedule,
     to_fp16,
     transfer_tuning,
     vm_lower,
@@ -50,8 +51,8 @@ PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
     for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
               convert_layout, fold_constant, dispatch_library, legalize, annotate_patterns, fuse,
-              layout_free, apply_tuning, transfer_tuning, cpu_schedule, prepack_weights, gpu_schedule,
-              lower_dataflow, plan_memory, vm_lower)
+              layout_free, apply_tuning, rule_schedule, transfer_tuning, cpu_schedule,
+              prepack_weights, gpu_schedule, lower_dataflow, plan_memory, vm_lower)
 }
 
 _FRONT = ("canonicalize", "fold-constant", "fold-batchnorm", "decompose-inference",
@@ -60,7 +61,7 @@ _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
     "cpu-default": _FRONT + ("convert-layout", "dispatch-library", "legalize",
                              "annotate-patterns", "fold-constant", "fuse", "layout-free",
-                             "apply-tuning", "transfer-tuning", "cpu-schedule",
+                             "apply-tuning", "rule-schedule", "transfer-tuning", "cpu-schedule",
                              "prepack-weights") + _LOWER,
     "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                               "fold-constant", "fuse", "gpu-schedule") + _LOWER,
@@ -68,6 +69,7 @@ PIPELINES: dict[str, tuple[str, ...]] = {
 
 
 TUNE_AT = "apply-tuning"  # the tuner extracts tasks from the IR just before this pass
+RULE_AT = "rule-schedule"  # convs and matmuls without a record are tiled by a rule
 TRANSFER_AT = "transfer-tuning"  # kernels still without a schedule borrow a similar one's
 
 

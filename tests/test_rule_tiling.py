@@ -1,0 +1,137 @@
+"""Rule tiling: convolutions and matrix products without a tuned record get MetaSchedule's
+multi-level tiling sketch with decisions set by a rule, instead of naive loops."""
+
+import math
+import random
+import re
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ort_run, rel_err
+from onnx import TensorProto, helper, numpy_helper
+
+import edgecc
+from edgecc.rule_tiling import default_tiles, is_contraction, producer_location, vector_bits
+from edgecc.runtime import load, random_inputs
+from edgecc.targets import get_target
+
+NHWC_3X3 = [4, 4, 4, 4, 2, 2, 2]  # SSRSRS split counts: n, h, w, co | kh, kw, ci
+SPATIAL, REDUCE = 0, 2
+
+
+def test_tiles_make_a_register_tile_of_channel_vectors_by_rows():
+    # 3x3 conv, 24x24, 96 <- 16 channels, AVX-512 (16 fp32 lanes)
+    assert default_tiles([1, 24, 24, 96, 3, 3, 16], NHWC_3X3, lanes=16) == [
+        [1, 1, 1, 1], [24, 1, 1, 1], [6, 1, 1, 4], [3, 1, 1, 32], [3, 1], [3, 1], [16, 1]]
+    # 24 channels: the largest power of two that divides (8), not an odd-length vector
+    assert default_tiles([1, 7, 7, 24, 3, 3, 8], NHWC_3X3, lanes=16)[3] == [3, 1, 1, 8]
+    # a 7-wide row has no divisor up to 4 but 1; a prime channel count is taken whole
+    tiles = default_tiles([1, 7, 7, 7, 1, 1, 3], NHWC_3X3, lanes=8)
+    assert tiles[2] == [7, 1, 1, 1] and tiles[3] == [1, 1, 1, 7]
+
+
+def test_tiles_always_multiply_back_to_the_loop_extents():
+    rng = random.Random(0)
+    for _ in range(300):
+        levels = [rng.choice([4, 2, 1]) for _ in range(rng.randint(1, 7))]
+        extents = [rng.randint(1, 300) for _ in levels]
+        tiles = default_tiles(extents, levels, lanes=rng.choice([4, 8, 16]))
+        assert [len(t) for t in tiles] == levels
+        assert [math.prod(t) for t in tiles] == extents
+
+
+def test_padding_is_inlined_only_into_window_only_reductions():
+    depthwise = ([1, 24, 24, 96, 3, 3], [SPATIAL] * 4 + [REDUCE] * 2)
+    dense = ([1, 24, 24, 96, 3, 3, 16], [SPATIAL] * 4 + [REDUCE] * 3)
+    assert producer_location(*depthwise) == -2  # inline
+    assert producer_location(*dense) == -1  # once, before the conv
+
+
+def test_vector_width_follows_the_target():
+    assert vector_bits(get_target("x86_64-avx512").to_tvm()) == 512
+    assert vector_bits(get_target("x86_64").to_tvm()) == 256
+    assert vector_bits(get_target("rpi4").to_tvm()) == 128
+
+
+def _model(nodes, inputs, outputs, inits):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _kernels(model, target="x86_64"):
+    from tvm import tirx
+
+    from edgecc.tune import tuning_module
+
+    _, mod = tuning_module(model, get_target(target))
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_contractions_are_convs_and_matmuls_with_two_output_loops():
+    rng = np.random.default_rng(0)
+    f = TensorProto.FLOAT
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype("float32"), "W")
+    model = _model(
+        [helper.make_node("MatMul", ["v", "W"], ["gemv"]),  # [1, 64] @ [64, 32]
+         helper.make_node("MatMul", ["m", "W"], ["gemm"]),  # [8, 64] @ [64, 32]
+         helper.make_node("ReduceMean", ["m"], ["mean"], axes=[1], keepdims=0),
+         helper.make_node("Softmax", ["m"], ["soft"], axis=1)],
+        [helper.make_tensor_value_info("v", f, [1, 64]),
+         helper.make_tensor_value_info("m", f, [8, 64])],
+        [helper.make_tensor_value_info("gemv", f, [1, 32]),
+         helper.make_tensor_value_info("gemm", f, [8, 32]),
+         helper.make_tensor_value_info("mean", f, [8]),
+         helper.make_tensor_value_info("soft", f, [8, 64])], [w])
+    kinds = {name: is_contraction(func) for name, func in _kernels(model).items()}
+    matmuls = sorted(v for k, v in kinds.items() if k.startswith("matmul"))
+    assert matmuls == [False, True]  # the GEMV is dlight's; the 8x32 product is the rule's
+    assert not any(v for k, v in kinds.items() if not k.startswith("matmul"))
+
+
+def _uncovered_ops_model():
+    """Ops that no shipped log has a kernel like: a transposed conv, a grouped conv, a 1-D conv."""
+    rng = np.random.default_rng(1)
+    f = TensorProto.FLOAT
+
+    def w(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype("float32") * 0.2, name)
+
+    return _model(
+        [helper.make_node("ConvTranspose", ["x", "Wt"], ["up"], strides=[2, 2],
+                          pads=[1, 1, 1, 1], kernel_shape=[4, 4]),
+         helper.make_node("Conv", ["up", "Wg", "Bg"], ["g"], group=2, pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["g"], ["y"]),
+         helper.make_node("Conv", ["s", "W1"], ["z"], pads=[2, 2])],
+        [helper.make_tensor_value_info("x", f, [1, 8, 16, 16]),
+         helper.make_tensor_value_info("s", f, [1, 16, 64])],
+        [helper.make_tensor_value_info("y", f, [1, 16, 32, 32]),
+         helper.make_tensor_value_info("z", f, [1, 32, 64])],
+        [w("Wt", 8, 8, 4, 4), w("Wg", 16, 4, 3, 3), w("Bg", 16), w("W1", 32, 16, 5)])
+
+
+@pytest.mark.parametrize("target", ["x86_64", "x86_64-avx512"])
+def test_ops_no_log_covers_get_tiled_parallel_vector_loops_and_stay_exact(tmp_path, target):
+    model = _uncovered_ops_model()
+    ir = []
+    r = edgecc.compile(model, target=target, output=tmp_path / "a", use_cache=False,
+                       print_ir_after=["rule-schedule"], emit_ir=ir.append)
+    assert r.rule_tiled == 3 and r.kernels[0] == 0  # nothing tuned, nothing naive
+    lanes = 2 * vector_bits(get_target(target).to_tvm()) // 32
+    convs = [k for k in ir[0].split("@T.prim_func")[1:] if re.search(r"def (fused_)?conv", k)]
+    assert len(convs) == 3
+    for kernel in convs:
+        assert "T.parallel(" in kernel and "T.vectorized(" in kernel
+        assert '"edgecc.rule_tiled": True' in kernel
+    # the 1-D conv's 64-wide rows: a register tile of two full vectors
+    conv1d = next(k for k in convs if "conv1d" in k.split("(", 2)[1])
+    assert f"T.vectorized(T.int64({lanes}))" in conv1d
+    feed = random_inputs(r.manifest.inputs)
+    got = load(tmp_path / "a").run(feed)
+    want = ort_run(model, feed)
+    assert rel_err(got["y"], want[0]) <= 1e-4 and rel_err(got["z"], want[1]) <= 1e-4
+    naive = edgecc.compile(model, target=target, output=tmp_path / "b", use_cache=False,
+                           rule_schedule=False)
+    assert naive.rule_tiled == 0

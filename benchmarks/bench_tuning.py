@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Tuning figures on the example models, one run, same machine: edgecc untuned (no logs at all),
-edgecc with transfer tuning only (every shipped log of every target *except* the model's own:
-what a model that was never tuned gets), edgecc with the shipped tuning logs
-(tuning_logs/<target>/), edgecc after a fresh tuning budget (its transfer seeds drawn from the
-other models' logs only), ONNX Runtime and PyTorch eager:
+"""Tuning figures on the example models, one run, same machine: edgecc with neither logs nor
+rule tiling (TVM's default schedules: naive loops for convs), edgecc with no logs at all (convs
+and matmuls rule-tiled), edgecc never tuned (every shipped log of every target *except* the
+model's own: rule tiling, then transfer tuning for the rest), edgecc with the shipped tuning
+logs (tuning_logs/<target>/), edgecc after a fresh tuning budget (its transfer seeds drawn from
+the other models' logs only), ONNX Runtime and PyTorch eager:
 median latency and ratio to ORT; tuning wall time per 100 trials.
 
     python benchmarks/bench_tuning.py [--models mlp,transformer] [--trials 16] [--target x86_64]
@@ -75,6 +76,9 @@ def main() -> int:
         for name in args.models.split(","):
             model, example, onnx_path, feed = example_onnx(name, work)
             variants = {}
+            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-naive",
+                               use_shipped_logs=False, rule_schedule=False)
+            variants["naive"] = (work / f"{name}-naive", r.kernels)
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-untuned",
                                use_shipped_logs=False)
             variants["untuned"] = (work / f"{name}-untuned", r.kernels)
@@ -84,7 +88,7 @@ def main() -> int:
                 r = edgecc.compile(onnx_path, target=args.target,
                                    output=work / f"{name}-transfer")
             variants["transfer"] = (work / f"{name}-transfer", r.kernels)
-            transferred = r.transferred
+            borrowed = f"{r.rule_tiled} + {r.transferred}"
             r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-shipped")
             variants["shipped"] = (work / f"{name}-shipped", r.kernels)
             per100 = None
@@ -111,7 +115,8 @@ def main() -> int:
             cell = lambda key: (f"{ms[key]:.3f} ({ms[key] / ort_ms:.2f}x)"  # noqa: E731
                                 if key in ms else "-")
             tuned_k, total_k = variants["shipped"][1]
-            rows.append([name, cell("untuned"), cell("transfer"), f"{transferred}/{total_k}",
+            rows.append([name, cell("naive"), cell("untuned"), cell("transfer"),
+                         f"{borrowed} / {total_k}",
                          cell("shipped"), f"{tuned_k}/{total_k}",
                          cell("tuned"), f"{ort_ms:.3f}", f"{pt_ms:.3f} ({pt_ms / ort_ms:.2f}x)",
                          f"{per100:.0f} s" if per100 else "-"])
@@ -123,8 +128,9 @@ def main() -> int:
           "(ratio to ONNX Runtime)")
     tuned_hdr = (f"tuned {args.trials}/task{'' if args.transfer_seeds else ' (no seeds)'}"
                  if args.trials else "tuned (skipped)")
-    print(table(["model", "untuned (no logs)", "transfer (other models' logs)",
-                 "kernels transferred", "shipped logs", "kernels tuned", tuned_hdr, "ORT",
+    print(table(["model", "TVM default (no logs, no rule)", "no logs (rule-tiled)",
+                 "never tuned (other models' logs)", "kernels rule-tiled + transferred",
+                 "shipped logs", "kernels tuned", tuned_hdr, "ORT",
                  "PyTorch", "tune s/100 trials"], rows))
     return 0
 

@@ -285,11 +285,13 @@ def _select_in_model(args, candidates: int, log_dir: Path, log) -> None:
     if s.kept is None:
         print(f"in-model selection: nothing to choose (one record per kernel in {log_dir})")
         return
+    def us(times) -> str:  # inf: not seen in the model's run (merged into another kernel)
+        return " ".join(f"{t:7.1f}" if t != float("inf") else "    n/a" for t in times)
+
     width = max([len(k.name) for k in s.kernels] + [6])
     print(f"{'kernel':<{width}}  alone (us, by rank)       in the model (us, by rank)  chosen")
     for k in s.kernels:
-        alone = " ".join(f"{t:7.1f}" for t in k.isolated_us)
-        inside = " ".join(f"{t:7.1f}" for t in k.in_model_us)
+        alone, inside = us(k.isolated_us), us(k.in_model_us)
         print(f"{k.name:<{width}}  {alone:<24}  {inside:<26}  {k.chosen + 1}")
     e2e = ", ".join(f"{label} {ms:.3f} ms" for label, ms in s.end_to_end_ms.items())
     print(f"end to end: {e2e}; the log keeps {s.kept}'s records ({s.changed} kernel(s) not on "

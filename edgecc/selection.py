@@ -126,8 +126,8 @@ def select_in_model(
 
     picks = {f"rank{r + 1}": {k: v[min(r, len(v) - 1)][1] for k, v in ranked.items()}
              for r in range(depth)}
-    log(f"[select] {len(ranked)} kernel(s) with records in {log_dir}: compiling the model with "
-        f"each kernel's 1st..{depth}th fastest record ({depth} builds)")
+    log(f"[select] {len(ranked)} kernel(s) with records in {log_dir}: compiling the model "
+        f"{depth} times, build i with each kernel's i-th fastest record")
     with tempfile.TemporaryDirectory(prefix="edgecc-select-") as tmp:
         work = Path(tmp)
 

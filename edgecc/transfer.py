@@ -141,18 +141,24 @@ def anchor_tile_refits(insts, decisions, anchor: str,
     replay that fails early (another epilogue block) would otherwise leave the donor's tiles,
     sized for other extents, to the anchor-only application (measured: a 6x6 1x1 conv with a
     4x4 donor's tiles ran 50x slower, unparallelized, with a 2304-float accumulator)."""
-    blocks = {_rv_id(i.outputs[0]) for i in insts
-              if i.kind.name == "GetSBlock" and str(i.attrs[0]) == anchor}
-    position: dict[int, int] = {}
-    for inst in insts:
-        if inst.kind.name == "GetLoops" and _rv_id(inst.inputs[0]) in blocks and not position:
-            position = {_rv_id(rv): k for k, rv in enumerate(inst.outputs)}
+    position = anchor_loop_positions(insts, anchor)
     out = []
     for inst in insts:
         if inst.kind.name == "SamplePerfectTile" and _rv_id(inst.inputs[0]) in position:
             extent = extents[position[_rv_id(inst.inputs[0])]]
             out.append((inst, refit_tile(int(extent), [int(x) for x in decisions[inst]])))
     return out
+
+
+def anchor_loop_positions(insts, anchor: str) -> dict[int, int]:
+    """Loop random variable -> its position among the anchor block's iterators, from the
+    trace's first ``get_loops`` on the block named ``anchor``."""
+    blocks = {_rv_id(i.outputs[0]) for i in insts
+              if i.kind.name == "GetSBlock" and str(i.attrs[0]) == anchor}
+    for inst in insts:
+        if inst.kind.name == "GetLoops" and _rv_id(inst.inputs[0]) in blocks:
+            return {_rv_id(rv): k for k, rv in enumerate(inst.outputs)}
+    return {}
 
 
 def _rv_id(obj) -> int:

@@ -28,6 +28,7 @@ from .targets import Target, get_target
 Progress = Callable[[str], None]
 PREPACKED_SUFFIX = "_prepacked"  # what prepack-weights appends to a kernel's name
 MARGIN = 0.02  # a runner-up replaces the best record only when this much faster in the model
+END_TO_END_MARGIN = 0.01  # another build replaces rank 1 only when this much faster end to end
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,15 @@ def choose(in_model_us: Sequence[float], *, margin: float = MARGIN) -> int:
     less than ``margin`` (then rank 0: differences that small are noise)."""
     best = min(range(len(in_model_us)), key=lambda i: in_model_us[i])
     return best if in_model_us[best] < in_model_us[0] * (1 - margin) else 0
+
+
+def keep_build(end_to_end_ms: Mapping[str, float], *, margin: float = END_TO_END_MARGIN) -> str:
+    """The build whose records the log keeps: the fastest end to end, unless it beats rank 1
+    (every kernel on its fastest-alone record) by less than ``margin``."""
+    best = min(end_to_end_ms, key=end_to_end_ms.get)
+    if end_to_end_ms[best] > end_to_end_ms["rank1"] * (1 - margin):
+        return "rank1"
+    return best
 
 
 def kernel_times(profile: Mapping[str, float], names: Mapping[str, str]) -> dict[str, float]:
@@ -154,7 +164,7 @@ def select_in_model(
             built[COMBINED] = build(COMBINED)
         log(f"[select] timing {', '.join(built)} end to end: {rounds} rounds, alternating")
         e2e = _end_to_end(built, rounds=rounds)
-    kept = min(e2e, key=e2e.get)
+    kept = keep_build(e2e)
     dropped = tuning_log.keep_chosen(log_dir, picks[kept])
     log("[select] end to end: " + ", ".join(f"{label} {ms:.3f} ms" for label, ms in e2e.items())
         + f"; the log keeps {kept}'s records")

@@ -287,6 +287,14 @@ def test_in_model_choice_needs_a_clear_win_over_the_fastest_alone():
     assert choose([10.0, 30.0]) == 0
 
 
+def test_the_log_keeps_another_build_only_for_a_clear_end_to_end_win():
+    from edgecc.selection import keep_build
+
+    assert keep_build({"rank1": 1.0, "rank2": 0.995, "combined": 0.992}) == "rank1"
+    assert keep_build({"rank1": 1.0, "rank2": 0.95, "combined": 0.97}) == "rank2"
+    assert keep_build({"rank1": 0.9, "rank2": 1.0}) == "rank1"
+
+
 def test_kernel_times_sum_a_workloads_calls_under_their_prepacked_names():
     from edgecc.selection import kernel_times
 

@@ -285,6 +285,7 @@ def _select_in_model(args, candidates: int, log_dir: Path, log) -> None:
     if s.kept is None:
         print(f"in-model selection: nothing to choose (one record per kernel in {log_dir})")
         return
+
     def us(times) -> str:  # inf: not seen in the model's run (merged into another kernel)
         return " ".join(f"{t:7.1f}" if t != float("inf") else "    n/a" for t in times)
 

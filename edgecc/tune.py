@@ -10,9 +10,10 @@ spent are skipped; a workload tuned for another model is reused).
 Each task's search is seeded: before it starts, the schedules of the most similar kernels in the
 logs (this log's other kernels, the target's shipped logs, other CPU targets' logs), transferred
 to the task as ``edgecc compile`` would (:mod:`edgecc.transfer`), are measured and committed as
-records. The evolutionary search starts its population from a task's best records, so a good
-neighbour's schedule is where it begins instead of random samples. A task is seeded once per
-log (``meta.json: seeded``).
+records, and so is the task's rule-tiled schedule (:mod:`edgecc.rule_tiling`). The evolutionary
+search starts its population from a task's best records, so a good neighbour's schedule, or the
+rule's, is where it begins instead of random samples. A task is seeded once per log
+(``meta.json: seeded``, ``rule_seeded``).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def tune_model(
             + (f", time budget {_fmt_s(time_budget_s)}" if time_budget_s else ""))
         seeds = 0
         if transfer_seeds:
-            seeds = _seed_with_transfers(
+            seeds = _measure_seeds(
                 ms, extracted, keys, db, tgt=tgt, tune_target=tune_target, rpc=rpc,
                 log_dir=log_dir, skip=set(tuned), log=log, stop=stop)
         if seeds:  # seeds count toward their task's budget
@@ -300,7 +301,7 @@ def _search(ms, extracted, keys: list[str], states: list[TaskState], todo: list[
     return progress.trials
 
 
-def _seed_with_transfers(ms, extracted, keys: list[str], db, *, tgt: Target, tune_target,
+def _measure_seeds(ms, extracted, keys: list[str], db, *, tgt: Target, tune_target,
                          rpc: RPCSettings | None, log_dir: Path, skip: set[str],
                          log: Progress, stop: SimpleNamespace) -> int:
     """Measure up to :data:`SEED_DONORS` transferred schedules for each task not yet seeded in

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._util import read_json
 from .errors import TuningLogError
+from .rule_tiling import RULE_VERSION
 from .targets import ROOT, Target
 
 WORKLOADS = "workloads.json"
@@ -222,7 +223,8 @@ def record_spent(directory: Path, counts: dict[str, int]) -> None:
     _update_meta(directory, change)
 
 
-SEED_KINDS = {"transfer": "seeded", "rule": "rule_seeded"}  # seed kind -> meta.json key
+# seed kind -> meta.json key (rule seeds per version of the rule: a new rule is measured again)
+SEED_KINDS = {"transfer": "seeded", "rule": f"rule_seeded_v{RULE_VERSION}"}
 
 
 def seeded(directory: Path, kind: str = "transfer") -> set[str]:

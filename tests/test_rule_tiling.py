@@ -23,10 +23,10 @@ SPATIAL, REDUCE = 0, 2
 def test_tiles_make_a_register_tile_of_channel_vectors_by_rows():
     # 3x3 conv, 24x24, 96 <- 16 channels, AVX-512 (16 fp32 lanes)
     assert default_tiles([1, 24, 24, 96, 3, 3, 16], NHWC_3X3, lanes=16) == [
-        [1, 1, 1, 1], [24, 1, 1, 1], [6, 1, 1, 4], [3, 1, 1, 32], [3, 1], [3, 1], [16, 1]]
+        [1, 1, 1, 1], [24, 1, 1, 1], [4, 1, 1, 6], [3, 1, 1, 32], [3, 1], [3, 1], [16, 1]]
     # 24 channels: the largest power of two that divides (8), not an odd-length vector
     assert default_tiles([1, 7, 7, 24, 3, 3, 8], NHWC_3X3, lanes=16)[3] == [3, 1, 1, 8]
-    # a 7-wide row has no divisor up to 4 but 1; a prime channel count is taken whole
+    # a 7-wide row has no divisor up to 6 but 1; a prime channel count is taken whole
     tiles = default_tiles([1, 7, 7, 7, 1, 1, 3], NHWC_3X3, lanes=8)
     assert tiles[2] == [7, 1, 1, 1] and tiles[3] == [1, 1, 1, 7]
 

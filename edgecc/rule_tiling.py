@@ -190,16 +190,12 @@ def _design_space(mod, target) -> list:
     :data:`SEED`)."""
     import tvm  # noqa: PLC0415
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
-    from tvm.s_tir.meta_schedule import _ffi_api  # noqa: PLC0415
-    from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func  # noqa: PLC0415
+
+    from .transfer import tune_context  # noqa: PLC0415
 
     if "num-cores" not in target.attrs:
         target = tvm.target.Target({**dict(target.export()), "num-cores": DEFAULT_CORES})
     space = ms.space_generator.PostOrderApply(
         sch_rules=ms.schedule_rule.ScheduleRule.create("llvm"), postprocs=[], mutator_probs={})
-    # as in transfer.postprocess: the FFI constructor skips TuneContext's slow intrinsics import
-    ctx = ms.TuneContext.__new__(ms.TuneContext)
-    ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, mod, target, space, None, "main",
-                                       1, SEED, get_logging_func(get_logger(__name__)))
-    space._initialize_with_tune_context(ctx)
+    space._initialize_with_tune_context(tune_context(mod, target, space=space, seed=SEED))
     return list(space.generate_design_space(mod))

@@ -28,6 +28,7 @@ from .targets import Target, get_target
 Progress = Callable[[str], None]
 PREPACKED_SUFFIX = "_prepacked"  # what prepack-weights appends to a kernel's name
 MARGIN = 0.02  # a runner-up replaces the best record only when this much faster in the model
+COMBINED = "combined"  # the label of the build that combines each kernel's in-model choice
 END_TO_END_MARGIN = 0.01  # another build replaces rank 1 only when this much faster end to end
 
 
@@ -61,8 +62,6 @@ def _rank_in(label: str, k: KernelChoice) -> int:
         return k.chosen
     return min(int(label.removeprefix("rank")) - 1, len(k.isolated_us) - 1)
 
-
-COMBINED = "combined"
 
 
 def choose(in_model_us: Sequence[float], *, margin: float = MARGIN) -> int:
@@ -157,8 +156,8 @@ def select_in_model(
                 samples[label].append(kernel_times(m.profile_kernels(runs=runs), names))
         kernels = _choices(ranked, names, samples)
         picks[COMBINED] = {k.key: ranked[k.key][k.chosen][1] for k in kernels}
-        if any(picks[COMBINED] == picks[label] for label in built):
-            same = next(label for label in built if picks[COMBINED] == picks[label])
+        same = next((label for label in built if picks[COMBINED] == picks[label]), None)
+        if same is not None:
             log(f"[select] the in-model choice is build {same}'s")
         else:
             built[COMBINED] = build(COMBINED)

@@ -224,18 +224,26 @@ def ranked(structure: str, extents: Sequence[int], donors: Sequence[Donor]) -> l
     return [d for *_, d in scored]
 
 
-def postprocess(sch, target) -> bool:
-    """MetaSchedule's LLVM postprocessors (parallel/vectorize/unroll rewriting, reduction
-    decomposition, weight layout rewrite) on ``sch``; False if one rejects it."""
+def tune_context(mod, target, *, space=None, seed: int = -1):
+    """A MetaSchedule TuneContext for ``mod`` and ``target`` (and a space generator). Built with
+    the FFI constructor: TuneContext() imports tvm.s_tir.tensor_intrin (~30 s here), which
+    postprocessors and the CPU design space do not need."""
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
     from tvm.s_tir.meta_schedule import _ffi_api  # noqa: PLC0415
     from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func  # noqa: PLC0415
 
-    # TuneContext() imports tvm.s_tir.tensor_intrin (~30 s here); the postprocessors only need
-    # the module and the target, so the context is built with the FFI constructor directly.
     ctx = ms.TuneContext.__new__(ms.TuneContext)
-    ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, sch.mod, target, None, None, "main",
-                                       1, -1, get_logging_func(get_logger(__name__)))
+    ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, mod, target, space, None, "main",
+                                       1, seed, get_logging_func(get_logger(__name__)))
+    return ctx
+
+
+def postprocess(sch, target) -> bool:
+    """MetaSchedule's LLVM postprocessors (parallel/vectorize/unroll rewriting, reduction
+    decomposition, weight layout rewrite) on ``sch``; False if one rejects it."""
+    from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
+
+    ctx = tune_context(sch.mod, target)
     sch.enter_postproc()  # as the search does: a tuning record's trace marks where they begin
     for post in ms.postproc.Postproc.create("llvm"):
         post._initialize_with_tune_context(ctx)

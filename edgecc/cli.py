@@ -223,6 +223,11 @@ def register_tune(sub) -> None:
     p.add_argument("--no-transfer-seeds", dest="transfer_seeds", action="store_false",
                    help="start each task's search from random samples only, without first "
                    "measuring the schedules of similar tuned kernels in the logs")
+    p.add_argument("--cache-flush", action=argparse.BooleanOptionalAction, default=None,
+                   help="time each candidate with the CPU caches flushed before every run, but "
+                   "for the kernel's input: its weights come from memory, as inside a model "
+                   "(the default for a new log); --no-cache-flush times repeated runs on warm "
+                   "buffers. An existing log is resumed the way it was timed")
     _add_quantize_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
     p.set_defaults(drive=drive_tune)
@@ -253,7 +258,8 @@ def drive_tune(args) -> int:
                    time_budget_s=budget, log_dir=args.log_dir, input_shapes=dict(args.input_shape),
                    rpc=rpc, num_cores=args.num_cores, on_progress=log,
                    keep_best=max(keep, select or 0) if keep else None,
-                   quantize=_quantization(args), transfer_seeds=args.transfer_seeds)
+                   quantize=_quantization(args), transfer_seeds=args.transfer_seeds,
+                   cache_flush=args.cache_flush)
     width = max([len(t.name) for t in r.tasks] + [4])
     print(f"{'task':<{width}}  weight  trials  best (us)")
     for t in r.tasks:

@@ -1,9 +1,10 @@
 """Choose each kernel's tuned schedule by its speed inside the model, not alone.
 
-MetaSchedule measures every candidate schedule on its own: its own buffers, a warm cache,
-hundreds of back-to-back runs. The fastest schedule alone is not always the fastest in the
-model (measured: a 1x1 conv of mobilenetv2 ran 26 us alone and 38 us inside the model with one
-schedule, 28 us with the runner-up). This step takes each kernel's ``candidates`` fastest
+MetaSchedule measures every candidate schedule on its own: its own buffers, back-to-back runs
+(with a warm cache, or flushed before each run in a log timed cold: see ``tune``). The fastest
+schedule alone is not always the fastest in the model (measured, warm: a 1x1 conv of
+mobilenetv2 ran 26 us alone and 38 us inside the model with one schedule, 28 us with the
+runner-up). This step takes each kernel's ``candidates`` fastest
 records in a log, compiles the model once per rank (build *i* uses every kernel's *i*-th best
 record), times every kernel inside each build (the VM's instrument hook, builds alternating
 round by round), and combines per kernel the record that ran fastest in the model. The combined

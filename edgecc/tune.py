@@ -79,6 +79,7 @@ class TuneResult:
     stopped: str | None  # "interrupted", "time budget", or None when every budget was spent
     records_added: int
     seeded: int = 0  # transferred schedules measured before the search (count as trials)
+    measured: str = "cold"  # how candidates were timed: tuning_log.COLD or WARM
 
     @property
     def skipped(self) -> int:
@@ -124,10 +125,14 @@ def tune_model(
     keep_best: int | None = None,
     quantize=None,
     transfer_seeds: bool = True,
+    cache_flush: bool | None = None,
 ) -> TuneResult:
     """Tune ``model``'s kernels for ``target``; records go to ``log_dir`` (default
     ``tuning_logs/<target>/``). ``quantize`` (an :class:`edgecc.quantize.Quantization`) tunes the
-    kernels of that compressed variant, exactly as ``compile`` with the same option builds it."""
+    kernels of that compressed variant, exactly as ``compile`` with the same option builds it.
+    ``cache_flush`` chooses how a new log's candidates are timed (True or None: caches flushed
+    before each run, the weights cold as inside a model; False: warm); an existing log is
+    resumed the way it was timed (:func:`tuning_log.measurement_for`)."""
     import psutil  # noqa: PLC0415
 
     tgt = target if isinstance(target, Target) else get_target(target)
@@ -146,7 +151,8 @@ def tune_model(
         info = probe_device(rpc, arch=tgt.arch, what=f"tuning for {tgt.name}") or {}
         cores = num_cores or int(info.get("threads") or 0) or 4
     log_dir = Path(log_dir) if log_dir else tuning_log.shipped_log_dir(tgt)
-    tuning_log.ensure_log(log_dir, tgt, cache.tvm_version())
+    measured = tuning_log.measurement_for(log_dir, cache_flush)
+    tuning_log.ensure_log(log_dir, tgt, cache.tvm_version(), measured=measured)
 
     import tvm  # noqa: PLC0415
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
@@ -169,12 +175,13 @@ def tune_model(
         tuned = [k for k, st in zip(keys, states, strict=True) if st.done_before >= st.budget]
         log(f"[tune] {name} for {tgt.name} ({cores} cores{', RPC ' + rpc.key if rpc else ''}): "
             f"{len(states)} tasks, {len(tuned)} already tuned in {log_dir}, "
-            f"budget {trials_per_task} trials/task"
+            f"budget {trials_per_task} trials/task, candidates timed {measured}"
             + (f", time budget {_fmt_s(time_budget_s)}" if time_budget_s else ""))
         seeds = 0
         if transfer_seeds:
             seeds = _measure_seeds(
                 ms, extracted, keys, db, tgt=tgt, tune_target=tune_target, rpc=rpc,
+                measured=measured,
                 log_dir=log_dir, skip=set(tuned), log=log, stop=stop)
         if seeds:  # seeds count toward their task's budget
             states = _task_states(extracted, keys, db, spent, trials_per_task)
@@ -182,6 +189,7 @@ def tune_model(
         trials_run = 0
         if todo and stop.stop_reason is None:
             trials_run = _search(ms, extracted, keys, states, todo, db, tgt=tgt, rpc=rpc,
+                                 measured=measured,
                                  cores=cores, seed=seed, log_dir=log_dir, log=log,
                                  time_budget_s=time_budget_s, t0=t0, stop=stop)
     finally:
@@ -195,7 +203,7 @@ def tune_model(
             f"({before} -> {after} records)")
     result = TuneResult(log_dir=log_dir, tasks=tuple(states), trials_run=trials_run,
                         seconds=time.perf_counter() - t0, stopped=stopped,
-                        records_added=records_added, seeded=seeds)
+                        records_added=records_added, seeded=seeds, measured=measured)
     return result
 
 
@@ -249,8 +257,8 @@ def _task_states(extracted, keys: list[str], db, spent: dict[str, int],
 
 
 def _search(ms, extracted, keys: list[str], states: list[TaskState], todo: list[int], db, *,
-            tgt: Target, rpc: RPCSettings | None, cores: int, seed: int, log_dir: Path,
-            log: Progress, time_budget_s: float | None, t0: float,
+            tgt: Target, rpc: RPCSettings | None, measured: str, cores: int, seed: int,
+            log_dir: Path, log: Progress, time_budget_s: float | None, t0: float,
             stop: SimpleNamespace) -> int:
     """MetaSchedule's evolutionary search (XGBoost cost model) over the ``todo`` tasks, each to
     its budget; returns the trials measured. Trial counts go to the log's meta.json."""
@@ -276,8 +284,9 @@ def _search(ms, extracted, keys: list[str], states: list[TaskState], todo: list[
                 tasks=ctxs, task_weights=weights, work_dir=str(work),
                 max_trials_global=remaining * len(idx), max_trials_per_task=remaining,
                 num_trials_per_iter=min(remaining, 32), builder=_builder(ms, tgt, rpc),
-                runner=_counting_runner(ms, _runner(ms, rpc), log, t0, total=sum(
-                    states[i].budget - states[i].done_before for i in todo)),
+                runner=_counting_runner(
+                    ms, _runner(ms, rpc, measured=measured), log, t0,
+                    total=sum(states[i].budget - states[i].done_before for i in todo)),
                 database=db, cost_model="xgb",
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                    progress],
@@ -302,8 +311,8 @@ def _search(ms, extracted, keys: list[str], states: list[TaskState], todo: list[
 
 
 def _measure_seeds(ms, extracted, keys: list[str], db, *, tgt: Target, tune_target,
-                         rpc: RPCSettings | None, log_dir: Path, skip: set[str],
-                         log: Progress, stop: SimpleNamespace) -> int:
+                   rpc: RPCSettings | None, measured: str, log_dir: Path, skip: set[str],
+                   log: Progress, stop: SimpleNamespace) -> int:
     """Measure up to :data:`SEED_DONORS` transferred schedules for each task not yet seeded in
     this log (and not in ``skip``), and the rule-based default schedule
     (:mod:`edgecc.rule_tiling`) of each task not yet rule-seeded in this log (a task whose
@@ -329,7 +338,7 @@ def _measure_seeds(ms, extracted, keys: list[str], db, *, tgt: Target, tune_targ
             f"similar tuned kernels and {len(rules)} rule-based default schedule(s) for "
             f"{len({i for i, _ in cands})} task(s)")
         for i, sch, run_secs, args in _measure(ms, cands, tgt=tgt, tune_target=tune_target,
-                                               rpc=rpc, stop=stop):
+                                               rpc=rpc, measured=measured, stop=stop):
             db.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, db.commit_workload(extracted[i].dispatched[0]), run_secs,
                 tune_target, args))
@@ -362,7 +371,7 @@ def _transfer_candidates(extracted, keys: list[str], want: list[int], *, tgt: Ta
 
 
 def _measure(ms, tagged: list, *, tgt: Target, tune_target, rpc: RPCSettings | None,
-             stop: SimpleNamespace) -> list:
+             measured: str, stop: SimpleNamespace) -> list:
     """Build and time the (tag, schedule) pairs ``tagged`` with the tuner's builder and runner:
     (tag, schedule, run_secs, args_info) for each one that built and ran."""
     built = _builder(ms, tgt, rpc).build(
@@ -370,7 +379,7 @@ def _measure(ms, tagged: list, *, tgt: Target, tune_target, rpc: RPCSettings | N
     ok = [(tag, sch, b.artifact_path,
            ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
           for (tag, sch), b in zip(tagged, built, strict=True) if b.error_msg is None]
-    runner = _runner(ms, rpc)
+    runner = _runner(ms, rpc, measured=measured)
     try:
         if stop.stop_reason:
             return []
@@ -417,9 +426,8 @@ def _builder(ms, tgt: Target, rpc: RPCSettings | None):
                                    max_workers=os.cpu_count() or 1, timeout_sec=60)
 
 
-def _runner(ms, rpc: RPCSettings | None):
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
-                                          enable_cpu_cache_flush=False)
+def _runner(ms, rpc: RPCSettings | None, *, measured: str):
+    evaluator = _evaluator(ms, measured)
     if rpc is None:
         return ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator)
     config = ms.runner.RPCConfig(tracker_host=rpc.tracker_host, tracker_port=rpc.tracker_port,
@@ -440,6 +448,18 @@ def _install_sigint(stop: SimpleNamespace, log: Progress):
             "now); every record is kept")
 
     return signal.signal(signal.SIGINT, on_sigint)
+
+
+def _evaluator(ms, measured: str):
+    """How each candidate is timed: cold, 20 single runs, each after flushing the CPU caches
+    of every buffer but the kernel's input (TVM's cache_flush_cpu_non_first_arg), so its weights
+    come from memory as in a model where every other kernel's weights pass through the cache
+    between two of its calls; warm, runs repeated for 50 ms on the same buffers."""
+    if measured == tuning_log.COLD:
+        return ms.runner.EvaluatorConfig(number=1, repeat=20, min_repeat_ms=0,
+                                         enable_cpu_cache_flush=True)
+    return ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                     enable_cpu_cache_flush=False)
 
 
 def _counting_runner(ms, inner, log: Progress, t0: float, *, total: int):

@@ -35,9 +35,19 @@ def shipped_log_dir(target: Target) -> Path:
     return shipped_root() / target.name
 
 
-def _meta(target: Target, tvm_version: str) -> dict[str, Any]:
+# how a log's candidates are timed (meta.json "measured"); logs older than the key are warm
+COLD, WARM = "cold", "warm"
+MEASURED = {
+    COLD: "caches flushed before every run but for the kernel's input: weights and output come "
+          "from memory, as inside a model",
+    WARM: "repeated runs on the same buffers: weights stay in cache",
+}
+
+
+def _meta(target: Target, tvm_version: str, measured: str) -> dict[str, Any]:
     return {"format": "edgecc-tuning-log", "target": target.name,
-            "tvm_target": target.target_json(), "tvm_version": tvm_version}
+            "tvm_target": target.target_json(), "tvm_version": tvm_version,
+            "measured": measured}
 
 
 def check_log(directory: Path, target: Target) -> dict[str, Any]:
@@ -58,13 +68,37 @@ def check_log(directory: Path, target: Target) -> dict[str, Any]:
     return meta
 
 
-def ensure_log(directory: Path, target: Target, tvm_version: str) -> None:
+def ensure_log(directory: Path, target: Target, tvm_version: str, *,
+               measured: str = COLD) -> None:
     """Create an empty log for ``target`` (or check an existing one matches it)."""
     if (directory / META).exists():
         check_log(directory, target)
         return
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / META).write_text(json.dumps(_meta(target, tvm_version), indent=2) + "\n")
+    (directory / META).write_text(json.dumps(_meta(target, tvm_version, measured), indent=2)
+                                  + "\n")
+
+
+def measured(directory: Path) -> str:
+    """How the log's records were timed: :data:`COLD` or :data:`WARM` (see :data:`MEASURED`)."""
+    return read_json(directory / META, TuningLogError).get("measured", WARM)
+
+
+def measurement_for(directory: Path, cache_flush: bool | None) -> str:
+    """How a tuning run times its candidates into the log ``directory``: an existing log keeps
+    its own way (records timed another way would not compare with its records); for a new log
+    ``cache_flush`` chooses (True or None: :data:`COLD`, False: :data:`WARM`)."""
+    asked = None if cache_flush is None else COLD if cache_flush else WARM
+    if not (directory / META).is_file():
+        return asked or COLD
+    mode = measured(directory)
+    if asked not in (None, mode):
+        flag = "--cache-flush" if asked == COLD else "--no-cache-flush"
+        raise TuningLogError(
+            f"tuning log '{directory}' was timed {mode} ({MEASURED[mode]}); {flag} would add "
+            f"{asked} timings that do not compare with them: tune into a new --log-dir, or "
+            f"drop {flag} to resume it as it was timed")
+    return mode
 
 
 def open_database(directory: Path):

@@ -41,6 +41,7 @@ def test_tuning_writes_records_and_reports_progress(tuned):
     assert result.estimate_ms() > 0
     meta = json.loads((work / "log" / "meta.json").read_text())
     assert meta["target"] == "x86_64" and meta["tvm_target"]["mcpu"] == "x86-64-v3"
+    assert meta["measured"] == "cold" and result.measured == "cold"  # a new log: cache flushed
     assert lines[0].startswith("[tune] tinyconv for x86_64 (")
     assert any("trials" in ln and "ETA" in ln and "end-to-end est." in ln for ln in lines[1:])
     # the conv's search starts from the rule-tiled schedule (measured once, as a seed); the
@@ -136,6 +137,49 @@ def test_compacted_log_still_applies_and_resumes(tuned, tmp_path):
     assert again.trials_run == 0 and again.skipped == KERNELS
     r = edgecc.compile(model, output=tmp_path / "a", tuning_logs=[log], use_shipped_logs=False)
     assert r.kernels == (KERNELS, KERNELS)
+
+
+def test_a_log_is_resumed_the_way_it_was_timed(tuned, tmp_path, capsys):
+    """Records timed with flushed caches and warm ones do not compare: a log keeps the way it
+    was timed, asking for the other one is refused before anything runs, and a log older than
+    the choice (no "measured" in meta.json) was timed warm and resumes warm."""
+    import shutil
+
+    import onnx
+
+    work, model, _, _ = tuned
+    log = tmp_path / "log"
+    shutil.copytree(work / "log", log)
+    onnx.save(model, tmp_path / "m.onnx")
+    assert main(["tune", str(tmp_path / "m.onnx"), "--trials", "4", "--log-dir", str(log),
+                 "--no-cache-flush"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: tuning log '{log}' was timed cold (caches flushed before every run but for "
+        "the kernel's input: weights and output come from memory, as inside a model); "
+        "--no-cache-flush would add warm timings that do not compare with them: tune into a "
+        "new --log-dir, or drop --no-cache-flush to resume it as it was timed")
+    assert tune_model(model, trials_per_task=4, log_dir=log, on_progress=None,
+                      cache_flush=True).measured == "cold"
+    meta = json.loads((log / "meta.json").read_text())
+    del meta["measured"]
+    (log / "meta.json").write_text(json.dumps(meta))
+    assert tuning_log.measured(log) == "warm"
+    assert tune_model(model, trials_per_task=4, log_dir=log, on_progress=None).measured == "warm"
+    with pytest.raises(TuningLogError, match="--cache-flush would add cold timings"):
+        tune_model(model, trials_per_task=4, log_dir=log, on_progress=None, cache_flush=True)
+    assert tuning_log.measurement_for(tmp_path / "new", False) == "warm"
+    assert tuning_log.measurement_for(tmp_path / "new", None) == "cold"
+
+
+def test_cold_timing_flushes_the_cache_before_every_single_run():
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecc.tune import _evaluator
+
+    cold, warm = _evaluator(ms, "cold"), _evaluator(ms, "warm")
+    assert (cold.number, cold.enable_cpu_cache_flush, cold.min_repeat_ms) == (1, True, 0)
+    assert cold.repeat >= 10  # single runs: enough of them for a stable mean
+    assert (warm.enable_cpu_cache_flush, warm.min_repeat_ms) == (False, 50)
 
 
 def test_search_starts_from_transferred_schedules_once_per_log(tuned, tmp_path, monkeypatch):

@@ -280,7 +280,7 @@ def _run_passes(mod, pass_names, tgt: Target, *, logs, cross_logs=(), print_ir_a
 
     from .transfer import donors_from_records, using_donors  # noqa: PLC0415
 
-    own = tuning_log.read_records(logs)
+    own = tuning_log.comparable_records(logs)
     db = tuning_log.memory_database(own)
     donors = []
     if passes.TRANSFER_AT in pass_names:

@@ -210,6 +210,19 @@ def read_records(logs: list[Path]) -> list:
     return out
 
 
+def comparable_records(logs: list[Path]) -> list:
+    """The records of ``logs`` a compile chooses from: all of them, except that a workload with
+    records in a log timed cold keeps only those (cold and warm times do not compare, a warm
+    one looks faster than the kernel runs in the model, and a cold one is the closer to it).
+    Among what is left, the fastest record of each workload wins."""
+    per_log = [(measured(d), read_records([d])) for d in logs]
+    if all(mode == COLD for mode, _ in per_log) or all(mode == WARM for mode, _ in per_log):
+        return [r for _, recs in per_log for r in recs]
+    cold = {workload_key(r.workload.mod) for mode, recs in per_log if mode == COLD for r in recs}
+    return [r for mode, recs in per_log for r in recs
+            if mode == COLD or workload_key(r.workload.mod) not in cold]
+
+
 def memory_database(records: list):
     """An in-memory database of ``records`` (keyed by workload; a query returns the fastest
     record across all the logs they came from), or None when there are none."""

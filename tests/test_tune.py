@@ -171,6 +171,37 @@ def test_a_log_is_resumed_the_way_it_was_timed(tuned, tmp_path, capsys):
     assert tuning_log.measurement_for(tmp_path / "new", None) == "cold"
 
 
+def test_compile_prefers_cold_records_to_warm_ones_that_only_look_faster(tuned, tmp_path):
+    """A warm time is not comparable with a cold one (it looks faster than the kernel runs in
+    a model): where a workload has records in a cold log, the warm logs' records of it are left
+    out of the compile's choice; workloads only warm logs have keep their records."""
+    import shutil
+
+    work, model, _, _ = tuned
+    cold = work / "log"
+    warm = tmp_path / "warm"
+    shutil.copytree(cold, warm)
+    meta = json.loads((warm / "meta.json").read_text())
+    meta["measured"] = "warm"
+    (warm / "meta.json").write_text(json.dumps(meta))
+    recs = [json.loads(line) for line in (warm / "records.json").read_text().splitlines()]
+    for rec in recs:  # the warm copies look 1000x faster
+        rec[1][1] = [t / 1000 for t in rec[1][1]]
+    (warm / "records.json").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    n_cold = len(tuning_log.read_records([cold]))
+    chosen = tuning_log.comparable_records([warm, cold])
+    assert len(chosen) == n_cold
+    assert min(sum(r.run_secs) for r in chosen) >= min(
+        sum(r.run_secs) for r in tuning_log.read_records([cold]))
+    assert len(tuning_log.comparable_records([warm])) == len(recs)  # warm alone: all kept
+    digits = tuning_log.shipped_log_dir(edgecc.get_target("x86_64")) / "digits"
+    n_digits = len(tuning_log.read_records([digits]))  # warm, other workloads: all kept
+    assert len(tuning_log.comparable_records([digits, cold])) == n_cold + n_digits
+    r = edgecc.compile(model, output=tmp_path / "a", tuning_logs=[warm, cold],
+                       use_shipped_logs=False)
+    assert r.kernels == (KERNELS, KERNELS)
+
+
 def test_cold_timing_flushes_the_cache_before_every_single_run():
     from tvm.s_tir import meta_schedule as ms
 

@@ -4,10 +4,10 @@ MetaSchedule measures every candidate schedule on its own: its own buffers, back
 (with a warm cache, or flushed before each run in a log timed cold: see ``tune``). The fastest
 schedule alone is not always the fastest in the model (measured, warm: a 1x1 conv of
 mobilenetv2 ran 26 us alone and 38 us inside the model with one schedule, 28 us with the
-runner-up). This step takes each kernel's ``candidates`` fastest
-records in a log, compiles the model once per rank (build *i* uses every kernel's *i*-th best
-record), times every kernel inside each build (the VM's instrument hook, builds alternating
-round by round), and combines per kernel the record that ran fastest in the model. The combined
+runner-up). This step takes each kernel's ``candidates`` fastest records in a log, compiles the
+model once per rank (build *i* uses every kernel's *i*-th best record), times every kernel
+inside each build (the VM's instrument hook, builds alternating round by round), and combines
+per kernel the record that ran fastest in the model. The combined
 build is then timed end to end against the rank builds, alternating again; the log keeps the
 records of whichever build was fastest (one record per kernel of the model).
 
@@ -62,7 +62,6 @@ def _rank_in(label: str, k: KernelChoice) -> int:
     if label == COMBINED:
         return k.chosen
     return min(int(label.removeprefix("rank")) - 1, len(k.isolated_us) - 1)
-
 
 
 def choose(in_model_us: Sequence[float], *, margin: float = MARGIN) -> int:

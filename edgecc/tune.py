@@ -79,7 +79,7 @@ class TuneResult:
     stopped: str | None  # "interrupted", "time budget", or None when every budget was spent
     records_added: int
     seeded: int = 0  # transferred schedules measured before the search (count as trials)
-    measured: str = "cold"  # how candidates were timed: tuning_log.COLD or WARM
+    measured: str = tuning_log.COLD  # how candidates were timed: tuning_log.COLD or WARM
 
     @property
     def skipped(self) -> int:

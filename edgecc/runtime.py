@@ -122,6 +122,14 @@ def aligned(a: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
     return out
 
 
+def _numpy_dtype(name: str) -> np.dtype | None:
+    """The numpy dtype called ``name``; None for one numpy lacks (e.g. bfloat16)."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
+
+
 def random_inputs(specs: tuple[TensorSpec, ...], *, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
@@ -172,6 +180,11 @@ class Model:
         self._vm["vm_initialization"](self._dev_type, 0, _POOLED_ALLOCATOR,
                                       _KDL_CPU, 0, _POOLED_ALLOCATOR)
         self._main = self._vm["main"]
+        # run()'s fast path: (name, shape, numpy dtype) of each input, compared as they are;
+        # anything else goes through check_inputs, which says what is wrong.
+        self._expected = tuple((s.name, s.shape, _numpy_dtype(s.dtype)) for s in manifest.inputs)
+        self._sequence = (list, tuple, tvm_ffi.Array)
+        self._staging: dict[int, tuple[np.ndarray, Any]] = {}
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -182,14 +195,38 @@ class Model:
         return self.manifest.outputs
 
     def _args(self, inputs: Mapping[str, Any]):
+        """The VM's arguments. Numpy arrays of the right shape and dtype go without any other
+        check (a full one costs ~10 us, 3% of a small CNN's run), as they are when contiguous and
+        aligned, else copied into an aligned buffer this Model keeps per input (a fresh copy
+        costs a new allocation every run)."""
+        if len(inputs) == len(self._expected):
+            args = []
+            for i, (name, shape, dtype) in enumerate(self._expected):
+                a = inputs.get(name)
+                if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
+                        or not a.flags.c_contiguous):
+                    break
+                tensor = self._ffi.from_dlpack(a)
+                args.append(self._staged(i, a) if tensor.data_ptr() % ALIGNMENT else tensor)
+            else:
+                return args
         return [self._ffi.from_dlpack(aligned(a))
                 for a in check_inputs(self.manifest.inputs, inputs)]
+
+    def _staged(self, index: int, array: np.ndarray):
+        """``array`` copied into input ``index``'s aligned staging buffer, as a TVM tensor."""
+        if index not in self._staging:
+            buffer = aligned(np.empty_like(array))
+            self._staging[index] = (buffer, self._ffi.from_dlpack(buffer))
+        buffer, tensor = self._staging[index]
+        np.copyto(buffer, array)
+        return tensor
 
     def run(self, inputs: Mapping[str, Any] | None = None, /, **named: Any) -> dict[str, np.ndarray]:
         """Run once; inputs by name (a mapping or keywords). Returns outputs by name."""
         feed = dict(inputs or {}, **named)
         result = self._main(*self._args(feed))
-        leaves = list(result) if isinstance(result, list | tuple | self._ffi.Array) else [result]
+        leaves = list(result) if isinstance(result, self._sequence) else [result]
         if len(leaves) != len(self.manifest.outputs):
             raise ArtifactError(f"the library returned {len(leaves)} outputs, the manifest "
                                 f"lists {len(self.manifest.outputs)}")

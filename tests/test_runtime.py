@@ -30,6 +30,28 @@ def test_wrong_inputs_are_named(artifact):
         m.run({})
 
 
+def test_inputs_of_any_alignment_and_layout_give_the_same_outputs_as_ort(artifact):
+    """run() hands aligned contiguous arrays over as they are and copies the others into a
+    staging buffer kept per input: every kind gives ORT's answer, and a staging buffer never
+    returns an earlier run's input."""
+    from conftest import make_conv_model, ort_run, rel_err
+
+    m = load(artifact)
+    rng = np.random.default_rng(3)
+    backing = np.empty(2 * 3 * 16 * 16 + 64, "float32")
+    start = (-backing.ctypes.data % 64) // 4
+    for offset in (0, 1, 4, 1):  # aligned, then misaligned by 4 and 16 bytes, 4 again
+        x = backing[start + offset:start + offset + 3 * 16 * 16].reshape(1, 3, 16, 16)
+        x[...] = rng.standard_normal(x.shape)
+        assert (x.ctypes.data % 64 == 0) == (offset == 0)
+        ref = ort_run(make_conv_model(), {"x": x})[0]
+        assert rel_err(m.run(x=x)["y"], ref) < 1e-5
+    wide = rng.standard_normal((1, 3, 16, 32)).astype("float32")
+    strided = wide[..., ::2]
+    assert not strided.flags.c_contiguous
+    assert rel_err(m.run(x=strided)["y"], ort_run(make_conv_model(), {"x": strided.copy()})[0]) < 1e-5
+
+
 def test_benchmark_reports_percentiles(artifact):
     r = load(artifact).benchmark(repeat=7, number=3)
     assert r.repeat == 7 and r.number == 3

@@ -7,7 +7,9 @@ to ORT's.
     python benchmarks/bench_ab.py resnet18 shipped=/tmp/r18 nchw=/tmp/r18-old [--rounds 5]
 
 Each ``LABEL=DIR`` is an artifact directory written by ``edgecc compile`` for this model (any
-target this machine runs). ``--no-torch`` leaves PyTorch out.
+target this machine runs); ``LABEL=DIR@BUILD`` runs that build of it (``@x86_64``: the AVX2
+build of an x86_64 artifact, which otherwise runs its AVX-512 build on CPUs that have AVX-512).
+``--no-torch`` leaves PyTorch out.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from pathlib import Path
 from common import example_onnx, interleaved_ms, machine, ort_session, table
 
 
-def _variant(text: str) -> tuple[str, Path]:
+def _variant(text: str) -> tuple[str, Path, str | None]:
     label, sep, directory = text.partition("=")
-    if not sep or not label or not directory:
-        raise argparse.ArgumentTypeError(f"expected LABEL=DIR, got {text!r}")
-    return label, Path(directory)
+    directory, at, build = directory.partition("@")
+    if not sep or not label or not directory or (at and not build):
+        raise argparse.ArgumentTypeError(f"expected LABEL=DIR[@BUILD], got {text!r}")
+    return label, Path(directory), build or None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="example model name (examples/zoo.py), e.g. resnet18")
-    p.add_argument("artifacts", nargs="+", type=_variant, metavar="LABEL=DIR")
+    p.add_argument("artifacts", nargs="+", type=_variant, metavar="LABEL=DIR[@BUILD]")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-torch", action="store_true")
@@ -47,8 +50,9 @@ def main(argv=None) -> int:
         sess = ort_session(onnx_path, args.threads)
         reference = sess.run(None, feed)[0]
         runs = {}
-        for label, directory in args.artifacts:
-            m = edgecc.load(directory, num_threads=args.threads)
+        for label, directory, build in args.artifacts:
+            m = edgecc.load(directory, num_threads=args.threads, build=build)
+            print(f"{label}: {directory}, {m.build} build")
             out = next(iter(m.run(feed).values()))
             np.testing.assert_allclose(out, reference, rtol=1e-3, atol=1e-3,
                                        err_msg=f"{label} ({directory}) differs from ORT")

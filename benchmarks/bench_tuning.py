@@ -8,15 +8,18 @@ the other models' logs only), ONNX Runtime and PyTorch eager:
 median latency and ratio to ORT; tuning wall time per 100 trials.
 
     python benchmarks/bench_tuning.py [--models mlp,transformer] [--trials 16] [--target x86_64]
+                                      [--no-isa-variants]
 
 --trials 0 skips the fresh tuning column (tuning all four models at 16 trials/task takes
-about 15 minutes on 2 cores).
+about 15 minutes on 2 cores). x86_64 artifacts carry an AVX-512 build too, which runs on CPUs
+that have AVX-512; --no-isa-variants times the AVX2 build alone (the footer says which ran).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -64,6 +67,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved timing rounds (every variant, ORT and PyTorch in turn)")
+    p.add_argument("--no-isa-variants", dest="isa_variants", action="store_false",
+                   help="compile for the target only (x86_64: no AVX-512 build beside AVX2)")
     p.add_argument("--no-transfer-seeds", dest="transfer_seeds", action="store_false",
                    help="fresh tuning without transfer seeds (random first population)")
     args = p.parse_args()
@@ -72,24 +77,24 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edgecc-bench-tune-"))
     os.environ["EDGECC_CACHE_DIR"] = str(work / "cache")
     rows = []
+    ran: set[str] = set()
+    build = functools.partial(edgecc.compile, target=args.target, isa_variants=args.isa_variants)
     try:
         for name in args.models.split(","):
             model, example, onnx_path, feed = example_onnx(name, work)
             variants = {}
-            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-naive",
-                               use_shipped_logs=False, rule_schedule=False)
+            r = build(onnx_path, output=work / f"{name}-naive", use_shipped_logs=False,
+                      rule_schedule=False)
             variants["naive"] = (work / f"{name}-naive", r.kernels)
-            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-untuned",
-                               use_shipped_logs=False)
+            r = build(onnx_path, output=work / f"{name}-untuned", use_shipped_logs=False)
             variants["untuned"] = (work / f"{name}-untuned", r.kernels)
             # the shipped logs of every target minus this model's own: a never-tuned model
             others = _logs_without(name, work / f"logs-{name}")
             with _log_library(others):
-                r = edgecc.compile(onnx_path, target=args.target,
-                                   output=work / f"{name}-transfer")
+                r = build(onnx_path, output=work / f"{name}-transfer")
             variants["transfer"] = (work / f"{name}-transfer", r.kernels)
             borrowed = f"{r.rule_tiled} + {r.transferred}"
-            r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-shipped")
+            r = build(onnx_path, output=work / f"{name}-shipped")
             variants["shipped"] = (work / f"{name}-shipped", r.kernels)
             per100 = None
             if args.trials:
@@ -98,10 +103,12 @@ def main() -> int:
                                    log_dir=work / f"log-{name}", on_progress=None,
                                    transfer_seeds=args.transfer_seeds)
                 per100 = t.seconds / max(t.trials_run + t.seeded, 1) * 100
-                r = edgecc.compile(onnx_path, target=args.target, output=work / f"{name}-tuned",
-                                   tuning_logs=[work / f"log-{name}"], use_shipped_logs=False)
+                r = build(onnx_path, output=work / f"{name}-tuned",
+                          tuning_logs=[work / f"log-{name}"], use_shipped_logs=False)
                 variants["tuned"] = (work / f"{name}-tuned", r.kernels)
-            runs = {key: (lambda m=load(path): m.run(feed)) for key, (path, _) in variants.items()}
+            loaded = {key: load(path) for key, (path, _) in variants.items()}
+            ran.update(f"{key}: {m.build}" for key, m in loaded.items())
+            runs = {key: (lambda m=m: m.run(feed)) for key, m in loaded.items()}
             sess = ort_session(onnx_path, args.threads)
             runs["ort"] = lambda: sess.run(None, feed)
 
@@ -125,7 +132,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nmachine: {machine()}; threads {args.threads}; target {args.target}; "
           f"ms = median over {args.rounds} interleaved rounds of the median latency, "
-          "(ratio to ONNX Runtime)")
+          "(ratio to ONNX Runtime); builds run: " + ", ".join(sorted(ran)))
     tuned_hdr = (f"tuned {args.trials}/task{'' if args.transfer_seeds else ' (no seeds)'}"
                  if args.trials else "tuned (skipped)")
     print(table(["model", "TVM default (no logs, no rule)", "no logs (rule-tiled)",

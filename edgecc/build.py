@@ -59,8 +59,8 @@ def check_toolchain(target: Target) -> None:
             f"in $CUDA_HOME or {', '.join(CUDA_HOME_CANDIDATES)}")
 
 
-def build_library(mod, target: Target, out_dir: Path) -> BuildResult:
-    """Compile the lowered module and export ``out_dir/model.so``."""
+def build_library(mod, target: Target, out_dir: Path, *, name: str = "model.so") -> BuildResult:
+    """Compile the lowered module and export ``out_dir/<name>``."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
     from tvm.support import cc  # noqa: PLC0415
@@ -69,7 +69,7 @@ def build_library(mod, target: Target, out_dir: Path) -> BuildResult:
     tvm_target = target.to_tvm()
     with tvm.transform.PassContext(opt_level=3):
         ex = relax.build(mod, target=tvm_target, relax_pipeline=None)
-    lib = out_dir / "model.so"
+    lib = out_dir / name
     compiler = target.cross_compiler or host_compiler()
     ex.export_library(str(lib), fcompile=cc.cross_compiler(compiler))
     fatbin = None

@@ -66,11 +66,13 @@ def entry_dir(key: str) -> Path:
 def validate_artifact(directory: Path) -> Manifest:
     """Check that the manifest parses and every file it names is present and intact."""
     m = Manifest.read(directory)
-    lib = directory / m.library
-    if not lib.is_file():
-        raise ArtifactError(f"{directory}: {m.library} is missing")
-    if m.library_sha256 and sha256_file(lib) != m.library_sha256:
-        raise ArtifactError(f"{directory}: {m.library} does not match the sha256 in the manifest")
+    for name, sha256 in ((m.library, m.library_sha256),
+                         *((v.library, v.library_sha256) for v in m.variants)):
+        lib = directory / name
+        if not lib.is_file():
+            raise ArtifactError(f"{directory}: {name} is missing")
+        if sha256 and sha256_file(lib) != sha256:
+            raise ArtifactError(f"{directory}: {name} does not match the sha256 in the manifest")
     return m
 
 

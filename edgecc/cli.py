@@ -19,7 +19,7 @@ def _err(msg: str) -> None:
 
 
 def _progress(name: str, seconds: float) -> None:
-    print(f"[edgecc] {name:<13} {seconds:8.2f} s", file=sys.stderr, flush=True)
+    print(f"[edgecc] {name:<20} {seconds:8.2f} s", file=sys.stderr, flush=True)
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -111,6 +111,10 @@ def register_compile(sub) -> None:
     p.add_argument("--no-transfer-tuning", action="store_true",
                    help="kernels without a record of their own keep the default schedule "
                    "instead of borrowing a similar tuned kernel's")
+    p.add_argument("--no-isa-variants", action="store_true",
+                   help="build for the target only: no extra builds for CPUs with more "
+                   "features (x86_64 also carries an AVX-512 build, which the loader runs on "
+                   "CPUs that have AVX-512; see 'edgecc targets')")
     _add_quantize_args(p)
     p.add_argument("-f", "--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-cache", action="store_true", help="bypass the compile cache")
@@ -148,7 +152,7 @@ def drive_compile(args) -> int:
         use_shipped_logs=not args.no_shipped_logs,
         rule_schedule=not args.no_rule_schedule,
         transfer_tuning=not args.no_transfer_tuning, quantize=_quantization(args),
-        on_stage=None if args.quiet else _progress)
+        isa_variants=not args.no_isa_variants, on_stage=None if args.quiet else _progress)
     m = result.manifest
     if result.cache_note and not args.quiet:
         print(f"[edgecc] cache entry was corrupt and has been rebuilt: {result.cache_note}",
@@ -166,6 +170,14 @@ def drive_compile(args) -> int:
         print(f"  kernels: {tuned} tuned, {ruled} rule-tiled, {moved} transferred from similar "
               f"kernels, {total - tuned - moved - ruled} default schedule"
               + (f" (logs: {', '.join(logs)})" if logs else " (no tuning log for this target)"))
+    for v in m.variants:
+        k = v.kernels
+        size = (result.output / v.library).stat().st_size
+        print(f"  + {v.target} build: {result.output}/{v.library} ({size / 1024:.1f} KiB; "
+              f"{k.get('tuned', 0)} of {k.get('total', 0)} kernels tuned), run instead on CPUs "
+              f"with {', '.join(f for f in v.cpu_features if f not in m.cpu_features)}")
+    if result.variant_note:
+        print(f"  note: {result.variant_note}")
     _print_compression(m.options)
     quant = m.options.get("quantize") or {}
     if quant.get("mode") == "fp16" and m.device == "cpu" and m.arch == "x86_64":
@@ -327,6 +339,8 @@ def drive_targets(args) -> int:
     width = max(len(t.name) for t in targets)
     for t in targets:
         extra = f" (also: {', '.join(t.aliases)})" if t.aliases else ""
+        extra += "".join(f"; artifacts carry a {v} build too, run on CPUs that can"
+                         for v in t.variants)
         print(f"{t.name:<{width}}  {t.arch:<8} {t.kind:<5} {t.description}{extra}")
     try:
         print(f"native: {native_target_name()} on this machine")
@@ -350,6 +364,7 @@ def register_run(sub) -> None:
     p.add_argument("--bench", type=int, metavar="REPEAT", default=0,
                    help="also time REPEAT measurements (mean/p50/p90)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    _add_build_arg(p)
     _add_rpc_args(p, "run")
     p.set_defaults(drive=drive_run)
 
@@ -360,7 +375,9 @@ def drive_run(args) -> int:
 
     remote = _rpc_settings(args)
     specs = Manifest.read(args.artifact).inputs if args.artifact.is_dir() else ()
-    m = None if remote else load(args.artifact)
+    m = None if remote else load(args.artifact, build=args.build)
+    if m is not None and m.manifest.variants:
+        print(f"running the {m.build} build")
     feed = load_inputs(args.input) if args.input else random_inputs(specs, seed=args.seed)
     if not args.input:
         print("no --input given: using random inputs (seed %d)" % args.seed)
@@ -386,6 +403,12 @@ def drive_run(args) -> int:
         bench = bench or m.benchmark(feed, repeat=args.bench)
         print("latency: " + bench.format())
     return 0
+
+
+def _add_build_arg(p) -> None:
+    p.add_argument("--build", metavar="TARGET",
+                   help="which of the artifact's builds to run (x86_64 artifacts carry an "
+                   "AVX-512 build too): default, the best this CPU can run")
 
 
 def _rpc_settings(args):
@@ -415,6 +438,7 @@ def register_bench(sub) -> None:
     p.add_argument("artifact", type=Path)
     p.add_argument("--repeat", type=int, default=50, help="measurements (default 50)")
     p.add_argument("--number", type=int, default=1, help="runs per measurement (default 1)")
+    _add_build_arg(p)
     _add_rpc_args(p, "benchmark")
     p.set_defaults(drive=drive_bench)
 
@@ -434,9 +458,9 @@ def drive_bench(args) -> int:
                          bench_number=args.number)
         result, where = ran.bench, ran.where(remote)
     else:
-        m = load(args.artifact)
+        m = load(args.artifact, build=args.build)
         result = m.benchmark(repeat=args.repeat, number=args.number)
-        where = "this machine"
+        where = "this machine" + (f" ({m.build} build)" if m.manifest.variants else "")
     print(f"{args.artifact} on {where}: {result.format()}")
     return 0
 
@@ -472,7 +496,9 @@ def _safe(name: str) -> str:
 def register_verify(sub) -> None:
     p = sub.add_parser("verify", help="compare an artifact with ONNX Runtime",
                        description="Run the same random inputs through ONNX Runtime and the "
-                       "artifact; print max abs/rel error per output; exit 1 over tolerance.")
+                       "artifact (each of its builds this CPU can run: an x86_64 artifact's "
+                       "AVX2 and AVX-512 builds); print max abs/rel error per output; exit 1 "
+                       "over tolerance.")
     p.add_argument("artifact", type=Path)
     p.add_argument("model", help="the ONNX model the artifact was compiled from")
     p.add_argument("--rtol", type=float, default=1e-4,

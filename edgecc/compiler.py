@@ -15,9 +15,9 @@ from . import __version__, cache, passes, tuning_log
 from ._util import StageCallback, atomic_dir, check_output_dir, sha256_file, stage
 from .build import build_library, check_toolchain
 from .errors import ModelError
-from .manifest import LIBRARY_NAME, Manifest, TensorSpec
+from .manifest import LIBRARY_NAME, Manifest, TensorSpec, Variant
 from .quantize import Quantization
-from .targets import Target, get_target
+from .targets import Target, get_target, variant_targets
 
 QDQ_MODEL = "model.qdq.onnx"
 
@@ -29,6 +29,7 @@ class CompileResult:
     cached: bool
     timings: dict[str, float] = field(default_factory=dict)
     cache_note: str | None = None
+    variant_note: str | None = None  # why the target's ISA variants were not built
 
     @property
     def kernels(self) -> tuple[int, int]:
@@ -88,6 +89,7 @@ def compile_model(
     rule_schedule: bool = True,
     transfer_tuning: bool = True,
     quantize: Quantization | None = None,
+    isa_variants: bool = True,
     on_stage: StageCallback | None = None,
     emit_ir: Callable[[str], None] = print,
 ) -> CompileResult:
@@ -107,25 +109,34 @@ def compile_model(
 
     ``quantize`` (see :class:`edgecc.quantize.Quantization`) compiles an int8 (calibrated, QDQ,
     ONNX models only) or fp16 variant; the int8 QDQ model is kept as ``model.qdq.onnx``.
+
+    With ``isa_variants`` (default), a target that lists variants (``x86_64``: an AVX-512 build)
+    gets the model built for each of them too, with their own shipped logs, as
+    ``model.<variant>.so``; the loader runs the first one the CPU can. Not when ``tuning_logs``
+    are given: those records are for ``target`` only.
     """
     output = Path(output)
     tgt = target if isinstance(target, Target) else get_target(target)
     check_output_dir(output, force=force)
     check_toolchain(tgt)
-    pipeline_name = pipeline or passes.default_pipeline(tgt)
-    pass_names = passes.with_quantization(passes.resolve(pipeline_name, tgt),
-                                          quantize.mode if quantize else None)
-    off = {passes.RULE_AT: not rule_schedule, passes.TRANSFER_AT: not transfer_tuning}
-    pass_names = tuple(n for n in pass_names if not off.get(n))
+    choice = _PipelineChoice(pipeline=pipeline, quantize=quantize, rule_schedule=rule_schedule,
+                             transfer_tuning=transfer_tuning, use_shipped_logs=use_shipped_logs)
+    pipeline_name, pass_names = choice.passes_for(tgt)
     passes.check_pass_names(print_ir_after)
+    variants, variant_note = [], None
+    if isa_variants and tgt.variants:
+        if tuning_logs:
+            variant_note = (f"no {', '.join(tgt.variants)} build: the --tuning-log records are "
+                            f"for {tgt.name} only")
+        else:
+            variants = variant_targets(tgt)
+            for v in variants:
+                check_toolchain(v)
+    variant_logs = {v.name: choice.logs_for(v) for v in variants}
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     kind, raw, name = _model_source(model, example_inputs=example_inputs)
     calibration = _check_int8(quantize, kind=kind, raw=raw, model=model, name=name, shapes=shapes)
-    logs = (tuning_log.logs_for_compile(tgt, tuple(Path(p) for p in tuning_logs),
-                                        use_shipped=use_shipped_logs)
-            if passes.TUNE_AT in pass_names else [])
-    cross_logs = (tuning_log.donor_logs(tgt, use_shipped=use_shipped_logs)
-                  if passes.TRANSFER_AT in pass_names else [])
+    logs, cross_logs = choice.logs_for(tgt, extra=tuple(Path(p) for p in tuning_logs))
 
     timings: dict[str, float] = {}
 
@@ -140,7 +151,9 @@ def compile_model(
         options = {"input_shapes": {k: list(v) for k, v in sorted(shapes.items())},
                    "pipeline": list(pass_names), "tuning": tuning_log.fingerprint(logs),
                    "donors": tuning_log.fingerprint(cross_logs),
-                   "quantize": quantize.cache_key() if quantize else None}
+                   "quantize": quantize.cache_key() if quantize else None,
+                   "variants": {name: [tuning_log.fingerprint(logs) for logs in pair]
+                                for name, pair in variant_logs.items()}}
         key = cache.cache_key(model_sha256=hashlib.sha256(raw).hexdigest(),
                               target=tgt.to_dict(), options=options,
                               edgecc_version=__version__)
@@ -154,7 +167,8 @@ def compile_model(
             if manifest.options.get("tuning_logs") != here:
                 manifest = replace(manifest, options={**manifest.options, "tuning_logs": here})
                 manifest.write(output)
-            return CompileResult(output=output, manifest=manifest, cached=True, timings=timings)
+            return CompileResult(output=output, manifest=manifest, cached=True, timings=timings,
+                                 variant_note=variant_note)
 
     quant_info = None
     with atomic_dir(output, force=force) as tmp:
@@ -183,6 +197,13 @@ def compile_model(
             weights = constant_bytes(lowered)
         with stage("build", timed):
             result = build_library(lowered, tgt, tmp)
+        built = []
+        for v in variants:
+            with stage(f"build {v.name}", timed):
+                again = import_model(model, kind=kind, raw=source, name=name, shapes=shapes,
+                                     example_inputs=example_inputs)
+                built.append(_build_variant(again.mod, v, tmp, choice=choice,
+                                            logs=variant_logs[v.name]))
         with stage("export", timed):
             manifest = Manifest(
                 model_name=imported.name, model_sha256=imported.sha256, target=tgt.name,
@@ -196,12 +217,56 @@ def compile_model(
                          "weights_bytes": weights,
                          "quantize": quant_info,
                          "tuning_logs": [str(p) for p in logs]},
+                cpu_features=tgt.cpu_features, variants=tuple(built),
             )
             manifest.write(tmp)
     if key is not None:
         cache.store(key, output)
     return CompileResult(output=output, manifest=manifest, cached=False, timings=timings,
-                         cache_note=note)
+                         cache_note=note, variant_note=variant_note)
+
+
+@dataclass(frozen=True)
+class _PipelineChoice:
+    """The compile options that pick passes and logs, applied alike to every build."""
+    pipeline: str | None
+    quantize: Quantization | None
+    rule_schedule: bool
+    transfer_tuning: bool
+    use_shipped_logs: bool
+
+    def passes_for(self, tgt: Target) -> tuple[str, tuple[str, ...]]:
+        """The pipeline's name and its passes for ``tgt``, with the options applied."""
+        pipeline_name = self.pipeline or passes.default_pipeline(tgt)
+        pass_names = passes.with_quantization(passes.resolve(pipeline_name, tgt),
+                                              self.quantize.mode if self.quantize else None)
+        off = {passes.RULE_AT: not self.rule_schedule,
+               passes.TRANSFER_AT: not self.transfer_tuning}
+        return pipeline_name, tuple(n for n in pass_names if not off.get(n))
+
+    def logs_for(self, tgt: Target, *, extra: tuple[Path, ...] = ()
+                 ) -> tuple[list[Path], list[Path]]:
+        """The logs a build for ``tgt`` applies (its shipped logs, then ``extra``) and its
+        transfer donors."""
+        _, pass_names = self.passes_for(tgt)
+        shipped = self.use_shipped_logs
+        return ((tuning_log.logs_for_compile(tgt, extra, use_shipped=shipped)
+                 if passes.TUNE_AT in pass_names else []),
+                (tuning_log.donor_logs(tgt, use_shipped=shipped)
+                 if passes.TRANSFER_AT in pass_names else []))
+
+
+def _build_variant(mod, tgt: Target, out_dir: Path, *, choice: _PipelineChoice,
+                   logs: tuple[list[Path], list[Path]]) -> Variant:
+    """Build the imported ``mod`` for the variant target ``tgt`` into ``model.<tgt>.so``, with
+    ``logs`` (its own shipped logs, its transfer donors)."""
+    _, pass_names = choice.passes_for(tgt)
+    lowered, kernels = _run_passes(mod, pass_names, tgt, logs=logs[0], cross_logs=logs[1],
+                                   print_ir_after=(), emit_ir=print)
+    result = build_library(lowered, tgt, out_dir, name=f"model.{tgt.name}.so")
+    return Variant(target=tgt.name, library=result.library.name,
+                   library_sha256=sha256_file(result.library), cpu_features=tgt.cpu_features,
+                   tvm_target=tgt.target_json(), kernels=kernels)
 
 
 def import_model(model, *, kind: str, raw: bytes | None, name: str,

@@ -29,6 +29,19 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Another build of the same model in the artifact, for CPUs with more features (an
+    AVX-512 build beside the AVX2 one): the loader runs the first variant whose
+    ``cpu_features`` the CPU has, else the base library."""
+    target: str
+    library: str
+    library_sha256: str
+    cpu_features: tuple[str, ...]
+    tvm_target: dict[str, Any] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Manifest:
     model_name: str
     model_sha256: str
@@ -44,6 +57,8 @@ class Manifest:
     library: str = LIBRARY_NAME
     library_sha256: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    cpu_features: tuple[str, ...] = ()  # what the base library needs of the CPU
+    variants: tuple[Variant, ...] = ()
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -53,6 +68,10 @@ class Manifest:
             d[key] = [{"name": t["name"], "shape": list(t["shape"]), "dtype": t["dtype"]}
                       for t in d[key]]
         d["passes"] = list(self.passes)
+        d["cpu_features"] = list(self.cpu_features)
+        for v in d["variants"]:
+            v["cpu_features"] = list(v["cpu_features"])
+        d["variants"] = list(d["variants"])
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
     @classmethod
@@ -65,7 +84,9 @@ class Manifest:
         try:
             specs = {k: tuple(_spec(t, source) for t in d[k]) for k in ("inputs", "outputs")}
             fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-            fields.update(specs, passes=tuple(d["passes"]))
+            fields.update(specs, passes=tuple(d["passes"]),
+                          cpu_features=tuple(d.get("cpu_features", ())),
+                          variants=tuple(_variant(v) for v in d.get("variants", ())))
             m = cls(**fields)
         except (KeyError, TypeError) as e:
             raise ArtifactError(f"{source}: malformed manifest ({e})") from None
@@ -84,6 +105,10 @@ class Manifest:
         path = Path(directory) / MANIFEST_NAME
         path.write_text(self.to_json())
         return path
+
+
+def _variant(v: dict[str, Any]) -> Variant:
+    return Variant(**{**v, "cpu_features": tuple(v["cpu_features"])})
 
 
 def _spec(t: dict[str, Any], source: str) -> TensorSpec:

@@ -27,7 +27,7 @@ README = """edgecc bundle: {model} for {target} ({arch})
   ./run.sh --input {first}=input.npy --output outputs/ [--bench 50]
 
 Files: model.so (compiled model, weights included), model.json (manifest: inputs, outputs,
-target), bin/edgecc-run (native loader), lib/ (TVM runtime: libtvm_runtime.so, libtvm_ffi.so).
+target), bin/edgecc-run (native loader), lib/ (TVM runtime: libtvm_runtime.so, libtvm_ffi.so).{variants}
 Needs only the C/C++ runtime of a Linux {arch} system (glibc 2.28+, libstdc++).
 
 inputs:  {inputs}
@@ -95,22 +95,33 @@ def _populate(d: Path, *, artifact: Path, manifest, loader: Path, libs: dict[str
               strip_tool: str | None) -> tuple[tuple[str, int], ...]:
     (d / "bin").mkdir()
     (d / "lib").mkdir()
-    shutil.copy2(artifact / manifest.library, d / manifest.library)
+    models = [manifest.library, *(v.library for v in manifest.variants)]
+    for name in models:
+        shutil.copy2(artifact / name, d / name)
     shutil.copy2(loader, d / "bin" / "edgecc-run")
     for name, p in libs.items():
         shutil.copy2(p, d / "lib" / name)
     if strip_tool:
-        _strip(strip_tool, d / manifest.library, shared=True)
+        for name in models:
+            _strip(strip_tool, d / name, shared=True)
         _strip(strip_tool, d / "bin" / "edgecc-run", shared=False)
         for name in libs:
             _strip(strip_tool, d / "lib" / name, shared=True)
-    # the bundled library is stripped: the bundle's manifest records its own hash
-    dataclasses.replace(manifest, library_sha256=sha256_file(d / manifest.library)).write(d)
+    # the bundled libraries are stripped: the bundle's manifest records their own hashes
+    variants = tuple(dataclasses.replace(v, library_sha256=sha256_file(d / v.library))
+                     for v in manifest.variants)
+    dataclasses.replace(manifest, library_sha256=sha256_file(d / manifest.library),
+                        variants=variants).write(d)
     (d / "run.sh").write_text(RUN_SH)
     (d / "run.sh").chmod(0o755)
     (d / "README.txt").write_text(README.format(
         model=manifest.model_name, target=manifest.target, arch=manifest.arch,
         first=manifest.inputs[0].name if manifest.inputs else "x",
+        variants="".join(f"\n{v.library}: the model built for {v.target}, which edgecc-run runs "
+                         f"instead on CPUs with\n  "
+                         + ", ".join(f for f in v.cpu_features if f not in manifest.cpu_features)
+                         + f" (--build {manifest.target} runs model.so)"
+                         for v in manifest.variants),
         inputs=", ".join(s.describe() for s in manifest.inputs),
         outputs=", ".join(s.describe() for s in manifest.outputs)))
     return tuple(sorted((str(p.relative_to(d)), p.stat().st_size)

@@ -164,17 +164,20 @@ def _loadable_path(library: Path, sha256: str) -> str:
 class Model:
     """A loaded artifact. Not thread-safe: one ``run`` at a time per Model."""
 
-    def __init__(self, directory: Path, manifest: Manifest, *, num_threads: int | None = None):
+    def __init__(self, directory: Path, manifest: Manifest, *, num_threads: int | None = None,
+                 build: tuple[str, str, str] | None = None):
         self.directory = directory
         self.manifest = manifest
+        # the target whose build runs, its library and that library's sha256
+        self.build, library, sha256 = build or (manifest.target, manifest.library,
+                                                manifest.library_sha256)
         if num_threads is not None:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)
         _ensure_runtime()
         import tvm_ffi  # noqa: PLC0415
 
         self._ffi = tvm_ffi
-        self._lib = tvm_ffi.load_module(_loadable_path(directory / manifest.library,
-                                                       manifest.library_sha256))
+        self._lib = tvm_ffi.load_module(_loadable_path(directory / library, sha256))
         self._vm = self._lib["vm_load_executable"]()
         self._dev_type = _KDL_CUDA if manifest.device == "cuda" else _KDL_CPU
         self._vm["vm_initialization"](self._dev_type, 0, _POOLED_ALLOCATOR,
@@ -288,8 +291,57 @@ class Model:
         return {symbol: statistics.median(v) for symbol, v in samples.items()}
 
 
-def load(directory: str | os.PathLike, *, num_threads: int | None = None) -> Model:
-    """Load an artifact directory written by ``edgecc compile``."""
+def builds(manifest: Manifest) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """The artifact's builds, the ISA variants first, then the base one: (target, library,
+    sha256, cpu_features) each."""
+    return [*((v.target, v.library, v.library_sha256, v.cpu_features) for v in manifest.variants),
+            (manifest.target, manifest.library, manifest.library_sha256, manifest.cpu_features)]
+
+
+def choose_build(manifest: Manifest, flags: set[str], *, build: str | None = None,
+                 source: str = "the artifact") -> tuple[str, str, str]:
+    """(target, library, sha256) of the build to run on a CPU with feature ``flags``: the one
+    named ``build``, else the first ISA variant the CPU has every feature of, else the base
+    build. A build needing a feature the CPU lacks is refused (it would die of an illegal
+    instruction). No flags (CPU unknown): the base build, or the one named, unchecked."""
+    known = builds(manifest)
+    if build is not None:
+        known = [b for b in known if b[0] == build]
+        if not known:
+            raise ArtifactError(f"{source} has no {build!r} build (it has: "
+                                f"{', '.join(b[0] for b in builds(manifest))})")
+    for name, library, sha256, features in known:
+        if not flags and build is None and name != manifest.target:
+            continue  # an unknown CPU runs the base build unless told otherwise
+        missing = [f for f in features if f not in flags] if flags else []
+        if not missing:
+            return name, library, sha256
+        if build is not None or name == manifest.target:
+            raise ArtifactError(f"this CPU lacks {', '.join(missing)}, which the {name} build of "
+                                f"{source} needs")
+    raise AssertionError("unreachable: the base build is last")
+
+
+def runnable_builds(manifest: Manifest, flags: set[str] | None = None
+                    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the builds this CPU can run, why each other one cannot), by target name."""
+    from .targets import cpu_flags  # noqa: PLC0415
+
+    flags = cpu_flags() if flags is None else flags
+    ok, not_run = [], []
+    for name, *_ in builds(manifest):
+        try:
+            ok.append(choose_build(manifest, flags, build=name)[0])
+        except ArtifactError as e:
+            not_run.append(f"{name} ({e})")
+    return tuple(ok), tuple(not_run)
+
+
+def load(directory: str | os.PathLike, *, num_threads: int | None = None,
+         build: str | None = None) -> Model:
+    """Load an artifact directory written by ``edgecc compile``. An artifact with ISA variants
+    (x86_64: an AVX-512 build too) runs the best build this CPU can, or the one named ``build``
+    (a target name: ``x86_64``, ``x86_64-avx512``); ``Model.build`` says which."""
     d = Path(directory)
     if not d.is_dir():
         raise ArtifactError(f"artifact directory '{d}' does not exist")
@@ -303,7 +355,12 @@ def load(directory: str | os.PathLike, *, num_threads: int | None = None) -> Mod
                             f"{manifest.arch} device")
     if manifest.device == "cuda":
         _require_gpu(manifest)
-    return Model(d, manifest, num_threads=num_threads)
+    from .targets import cpu_flags  # noqa: PLC0415
+
+    chosen = choose_build(manifest, cpu_flags(), build=build, source=f"artifact '{d}'")
+    if not (d / chosen[1]).is_file():
+        raise ArtifactError(f"{d}: {chosen[1]} is missing")
+    return Model(d, manifest, num_threads=num_threads, build=chosen)
 
 
 def _require_gpu(manifest: Manifest) -> None:

@@ -37,6 +37,12 @@ class Target:
     cross_compiler: str | None = None
     cross_package: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # Other named targets whose build an artifact for this one also carries; the loader runs
+    # the first one whose cpu_features the CPU has (x86_64 carries an AVX-512 build).
+    variants: tuple[str, ...] = field(default_factory=tuple)
+    # The CPU feature flags (as /proc/cpuinfo names them) this target's code needs beyond its
+    # architecture's baseline.
+    cpu_features: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def kind(self) -> str:
@@ -64,7 +70,8 @@ class Target:
             "tvm_target": _thaw(self.tvm_target),
             "host": _thaw(self.host) if self.host is not None else None,
             "cross_compiler": self.cross_compiler, "cross_package": self.cross_package,
-            "aliases": list(self.aliases),
+            "aliases": list(self.aliases), "variants": list(self.variants),
+            "cpu_features": list(self.cpu_features),
         }
 
     def to_tvm(self):
@@ -104,7 +111,8 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
         name=data["name"], description=data["description"], arch=data["arch"],
         tvm_target=_freeze(tt), host=_freeze(data["host"]) if data.get("host") else None,
         cross_compiler=data.get("cross_compiler"), cross_package=data.get("cross_package"),
-        aliases=tuple(data.get("aliases", ())),
+        aliases=tuple(data.get("aliases", ())), variants=tuple(data.get("variants", ())),
+        cpu_features=tuple(data.get("cpu_features", ())),
     )
 
 
@@ -126,9 +134,6 @@ def list_targets() -> list[Target]:
     return list(_load_all(str(targets_dir())).values())
 
 
-_AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}  # skylake-avx512's set
-
-
 def cpu_flags() -> set[str]:
     """This machine's CPU feature flags (x86: /proc/cpuinfo 'flags'); empty if unknown."""
     try:
@@ -147,10 +152,23 @@ def native_target_name(machine: str | None = None, flags: set[str] | None = None
 
     arch = (machine or platform.machine()).lower()
     if arch in ("x86_64", "amd64"):
-        return "x86_64-avx512" if _AVX512 <= (cpu_flags() if flags is None else flags) else "x86_64"
+        avx512 = set(get_target("x86_64-avx512").cpu_features)
+        return "x86_64-avx512" if avx512 <= (cpu_flags() if flags is None else flags) else "x86_64"
     if arch in ("aarch64", "arm64"):
         return "aarch64"
     raise TargetError(f"no native target for a {arch} machine; name one (see 'edgecc targets')")
+
+
+def variant_targets(target: Target) -> list[Target]:
+    """The targets whose builds an artifact for ``target`` carries besides its own."""
+    out = []
+    for name in target.variants:
+        v = get_target(name)
+        if v.arch != target.arch or v.is_gpu or target.is_gpu:
+            raise TargetError(f"target {target.name!r}: variant {name!r} must be a CPU target of "
+                              f"the same architecture ({target.arch})")
+        out.append(v)
+    return out
 
 
 def get_target(name: str) -> Target:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ModelError, VerificationError
-from .runtime import load, random_inputs
+from .runtime import load, random_inputs, runnable_builds
 
 DEFAULT_RTOL = 1e-4
 
@@ -21,19 +21,24 @@ class OutputDiff:
     name: str
     max_abs: float
     max_rel: float  # max |a - b| / max |reference|: relative to the output's scale
+    build: str = ""  # which of the artifact's builds ran (x86_64, x86_64-avx512)
 
 
 @dataclass(frozen=True)
 class VerifyReport:
     diffs: tuple[OutputDiff, ...]
     rtol: float
+    not_run: tuple[str, ...] = ()  # builds this CPU cannot run, with the reason
 
     @property
     def passed(self) -> bool:
         return all(d.max_rel <= self.rtol for d in self.diffs)
 
     def format(self) -> str:
-        rows = [f"  {d.name}: max abs {d.max_abs:.3e}  max rel {d.max_rel:.3e}" for d in self.diffs]
+        several = len({d.build for d in self.diffs}) > 1
+        rows = [f"  {f'[{d.build}] ' if several else ''}{d.name}: max abs {d.max_abs:.3e}  "
+                f"max rel {d.max_rel:.3e}" for d in self.diffs]
+        rows += [f"  not run: {why}" for why in self.not_run]
         verdict = "OK" if self.passed else "FAILED"
         return "\n".join(rows + [f"{verdict} (tolerance: rel <= {self.rtol:g})"])
 
@@ -71,12 +76,19 @@ def onnxruntime_outputs(model: str | os.PathLike | Any,
 def verify_artifact(artifact: str | os.PathLike, model: str | os.PathLike | Any, *,
                     rtol: float = DEFAULT_RTOL, seed: int = 0,
                     inputs: Mapping[str, np.ndarray] | None = None) -> VerifyReport:
-    m = load(artifact)
-    feed = dict(inputs) if inputs is not None else random_inputs(m.inputs, seed=seed)
-    got = m.run(feed)
+    """Every build of the artifact this CPU can run (an x86_64 artifact's AVX2 and AVX-512
+    builds on an AVX-512 machine) against ONNX Runtime, on the same inputs."""
+    first = load(artifact)
+    feed = dict(inputs) if inputs is not None else random_inputs(first.inputs, seed=seed)
     ref = onnxruntime_outputs(model, feed)
-    if len(ref) != len(got):
-        raise VerificationError(f"the artifact has {len(got)} outputs, the ONNX model {len(ref)}")
-    diffs = tuple(compare(spec.name, got[spec.name], r)
-                  for spec, r in zip(m.outputs, ref, strict=True))
-    return VerifyReport(diffs=diffs, rtol=rtol)
+    runnable, not_run = runnable_builds(first.manifest)
+    diffs = []
+    for build in runnable:
+        m = first if build == first.build else load(artifact, build=build)
+        got = m.run(feed)
+        if len(ref) != len(got):
+            raise VerificationError(f"the artifact has {len(got)} outputs, the ONNX model "
+                                    f"{len(ref)}")
+        diffs += [replace(compare(spec.name, got[spec.name], r), build=build)
+                  for spec, r in zip(m.outputs, ref, strict=True)]
+    return VerifyReport(diffs=tuple(diffs), rtol=rtol, not_run=not_run)

@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <arpa/inet.h>
 #include <csignal>
@@ -62,7 +63,7 @@ const char* kArch = "unknown";
 
 const char* kUsage =
     "usage: edgecc-run BUNDLE_DIR [--input NAME=FILE.npy]... [--output DIR] [--bench N]\n"
-    "                  [--warmup N] [--threads N]\n"
+    "                  [--warmup N] [--threads N] [--build TARGET]\n"
     "\n"
     "Run an edgecc artifact (model.so + model.json) without Python.\n"
     "  --input NAME=FILE.npy  an input tensor (repeat for each input); zeros when none is given\n"
@@ -70,6 +71,8 @@ const char* kUsage =
     "  --bench N              time N runs after warm-up; print mean/p50/p90 latency\n"
     "  --warmup N             warm-up runs before timing (default 3)\n"
     "  --threads N            worker threads (sets TVM_NUM_THREADS)\n"
+    "  --build TARGET         which of the bundle's builds to run (x86_64 bundles carry an\n"
+    "                         AVX-512 build too); default: the best this CPU can run\n"
     "\n"
     "usage: edgecc-run serve --tracker HOST:PORT --key KEY [--host ADDR] [--port P]\n"
     "                        [--session-timeout S] [--threads N]\n"
@@ -93,9 +96,15 @@ struct TensorSpec {
   std::string dtype;
 };
 
+struct Build {  // one compiled library of the model and what it needs of the CPU
+  std::string target, library;
+  std::vector<std::string> cpu_features;
+};
+
 struct Manifest {
   std::string target, arch, device, library;
   std::vector<TensorSpec> inputs, outputs;
+  std::vector<Build> builds;  // ISA variants first, the base build (target, library) last
 };
 
 const std::map<std::string, DLDataType>& Dtypes() {
@@ -148,6 +157,18 @@ std::vector<TensorSpec> Specs(const ffi::json::Object& obj, const char* key,
   return out;
 }
 
+std::vector<std::string> Strings(const ffi::json::Object& obj, const char* key,
+                                 const std::string& src) {  // optional: none if absent
+  std::vector<std::string> out;
+  if (obj.find(ffi::String(key)) == obj.end()) return out;
+  for (const ffi::Any& item : Field(obj, key, src).cast<ffi::json::Array>()) {
+    auto v = item.try_cast<ffi::String>();
+    if (!v.has_value()) throw UserError(src + ": malformed manifest ('" + key + "' holds a non-string)");
+    out.emplace_back(*v);
+  }
+  return out;
+}
+
 Manifest ReadManifest(const std::string& dir) {
   std::string src = dir + "/model.json";
   struct stat st;
@@ -171,6 +192,14 @@ Manifest ReadManifest(const std::string& dir) {
   m.library = StrField(obj, "library", src);
   m.inputs = Specs(obj, "inputs", src);
   m.outputs = Specs(obj, "outputs", src);
+  if (obj.find(ffi::String("variants")) != obj.end()) {
+    for (const ffi::Any& item : Field(obj, "variants", src).cast<ffi::json::Array>()) {
+      auto v = item.cast<ffi::json::Object>();
+      m.builds.push_back({StrField(v, "target", src), StrField(v, "library", src),
+                          Strings(v, "cpu_features", src)});
+    }
+  }
+  m.builds.push_back({m.target, m.library, Strings(obj, "cpu_features", src)});
   if (m.device != "cpu" && m.device != "cuda")
     throw UserError(src + ": unknown device '" + m.device + "'");
   return m;
@@ -289,9 +318,45 @@ void WriteNpy(const std::string& path, const ffi::Tensor& t, const std::string& 
   f.write(static_cast<const char*>(t.data_ptr()), ffi::GetDataSize(t));
 }
 
+// ---------------------------------------------------------------- CPU features
+std::set<std::string> CpuFlags() {  // /proc/cpuinfo's flags (x86) or Features (ARM); none if unknown
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("flags", 0) == 0 || line.rfind("Features", 0) == 0) {
+      std::istringstream words(line.substr(line.find(':') + 1));
+      return {std::istream_iterator<std::string>(words), std::istream_iterator<std::string>()};
+    }
+  }
+  return {};
+}
+
+// The build to run: the one named `want`, else the first ISA variant whose features the CPU has,
+// else the base build; one needing a feature the CPU lacks is refused (as edgecc/runtime.py does).
+const Build& ChooseBuild(const Manifest& m, const std::set<std::string>& flags,
+                         const std::string& want, const std::string& dir) {
+  std::string names;
+  for (const Build& b : m.builds) names += (names.empty() ? "" : ", ") + b.target;
+  bool found = false;
+  for (const Build& b : m.builds) {
+    if (!want.empty() && b.target != want) continue;
+    if (flags.empty() && want.empty() && b.target != m.target) continue;  // unknown CPU: base
+    found = true;
+    std::string missing;
+    for (const std::string& f : b.cpu_features)
+      if (!flags.empty() && !flags.count(f)) missing += (missing.empty() ? "" : ", ") + f;
+    if (missing.empty()) return b;
+    if (!want.empty() || b.target == m.target)
+      throw UserError("this CPU lacks " + missing + ", which the " + b.target +
+                      " build of artifact '" + dir + "' needs");
+  }
+  if (!found) throw UserError("artifact '" + dir + "' has no '" + want + "' build (it has: " + names + ")");
+  throw UserError("artifact '" + dir + "' has no build this CPU can run");
+}
+
 // ---------------------------------------------------------------- runner
 struct Options {
-  std::string dir, output;
+  std::string dir, output, build;
   std::vector<std::pair<std::string, std::string>> inputs;
   int bench = 0, warmup = 3;
 };
@@ -329,6 +394,8 @@ Options ParseArgs(int argc, char** argv) {
       o.warmup = ParseInt(a, next(), 0);
     } else if (a == "--threads") {
       setenv("TVM_NUM_THREADS", std::to_string(ParseInt(a, next(), 1)).c_str(), 1);
+    } else if (a == "--build") {
+      o.build = next();
     } else if (!a.empty() && a[0] == '-') {
       throw UserError("unknown option '" + a + "' (see --help)");
     } else if (o.dir.empty()) {
@@ -406,9 +473,11 @@ int Run(const Options& o) {
   if (m.device != "cpu")
     throw UserError("artifact '" + o.dir + "' targets " + m.device +
                     "; this edgecc-run runs CPU artifacts only");
-  std::string lib = o.dir + "/" + m.library;
+  const Build& build = ChooseBuild(m, CpuFlags(), o.build, o.dir);
+  std::string lib = o.dir + "/" + build.library;
   struct stat st;
-  if (stat(lib.c_str(), &st) != 0) throw UserError(o.dir + ": " + m.library + " is missing");
+  if (stat(lib.c_str(), &st) != 0) throw UserError(o.dir + ": " + build.library + " is missing");
+  if (m.builds.size() > 1) std::printf("running the %s build\n", build.target.c_str());
   std::vector<ffi::Tensor> inputs = LoadInputs(m, o);
   if (o.inputs.empty()) std::printf("no --input given: using zeros\n");
 

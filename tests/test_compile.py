@@ -19,8 +19,10 @@ def test_compile_writes_library_and_manifest_and_matches_ort(tmp_path, conv_onnx
     r = edgecc.compile(conv_onnx, target="x86_64", output=tmp_path / "out",
                        on_stage=lambda name, s: stages.append(name))
     assert not r.cached
-    assert stages == ["cache-lookup", "import", "passes", "build", "export"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "model.so"]
+    assert stages == ["cache-lookup", "import", "passes", "build", "build x86_64-avx512",
+                      "export"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "model.json", "model.so", "model.x86_64-avx512.so"]
     m = r.manifest
     assert m.target == "x86_64" and m.arch == "x86_64" and m.device == "cpu"
     assert m.tvm_version.startswith("0.27") and len(m.model_sha256) == 64
@@ -30,6 +32,59 @@ def test_compile_writes_library_and_manifest_and_matches_ort(tmp_path, conv_onnx
     feed = random_inputs(m.inputs, seed=3)
     got = load(tmp_path / "out").run(feed)["y"]
     assert rel_err(got, ort_run(conv_onnx, feed)[0]) <= 1e-4
+
+
+def test_x86_64_artifacts_carry_an_avx512_build_that_the_loader_runs_where_it_can(
+        tmp_path, conv_onnx):
+    """The portable x86_64 artifact is AVX2 code (no zmm register in it) plus the same model
+    built for x86_64-avx512; load() runs the AVX-512 one on CPUs that have AVX-512 (this
+    machine, if it does), and either build can be named; both give ORT's answer."""
+    import subprocess
+
+    from edgecc.targets import cpu_flags
+
+    out = tmp_path / "out"
+    m = edgecc.compile(conv_onnx, target="x86_64", output=out, use_cache=False).manifest
+    assert m.cpu_features == get_target("x86_64").cpu_features
+    [v] = m.variants
+    assert (v.target, v.library) == ("x86_64-avx512", "model.x86_64-avx512.so")
+    assert v.cpu_features == get_target("x86_64-avx512").cpu_features
+    assert v.tvm_target["mcpu"] == "skylake-avx512" and v.kernels["total"] == 3
+
+    def zmm_instructions(library: str) -> int:
+        text = subprocess.run(["objdump", "-d", str(out / library)], capture_output=True,
+                              text=True, check=True).stdout
+        return text.count("zmm")
+
+    assert zmm_instructions("model.so") == 0
+    assert zmm_instructions(v.library) > 0
+    avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags()
+    assert load(out).build == ("x86_64-avx512" if avx512 else "x86_64")
+    feed = random_inputs(m.inputs, seed=4)
+    ref = ort_run(conv_onnx, feed)[0]
+    runnable = ("x86_64-avx512", "x86_64") if avx512 else ("x86_64",)
+    for build in runnable:
+        model = load(out, build=build)
+        assert model.build == build
+        assert rel_err(model.run(feed)["y"], ref) <= 1e-4
+    report = edgecc.verify(out, conv_onnx)  # every build this CPU runs
+    assert report.passed and tuple(d.build for d in report.diffs) == runnable
+
+
+def test_isa_variants_can_be_left_out_and_are_not_built_beside_a_users_tuning_log(
+        tmp_path, conv_onnx, capsys):
+    from edgecc.cli import main
+
+    r = edgecc.compile(conv_onnx, target="x86_64", output=tmp_path / "a", use_cache=False,
+                       isa_variants=False)
+    assert r.manifest.variants == () and r.variant_note is None
+    assert main(["compile", str(conv_onnx), "-o", str(tmp_path / "b"), "--no-cache", "-q",
+                 "--tuning-log", str(Path(edgecc.__file__).parent.parent / "tuning_logs"
+                                     / "x86_64" / "digits")]) == 0
+    assert Manifest.read(tmp_path / "b").variants == ()
+    assert ("  note: no x86_64-avx512 build: the --tuning-log records are for x86_64 only"
+            in capsys.readouterr().out)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["model.json", "model.so"]
 
 
 def test_multiple_outputs_keep_their_names(tmp_path):

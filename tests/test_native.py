@@ -37,7 +37,8 @@ def test_bundle_layout_and_footprint(x86_bundle):
     _, _, result = x86_bundle
     names = [n for n, _ in result.files]
     assert names == ["README.txt", "bin/edgecc-run", "lib/libtvm_ffi.so",
-                     "lib/libtvm_runtime.so", "model.json", "model.so", "run.sh"]
+                     "lib/libtvm_runtime.so", "model.json", "model.so",
+                     "model.x86_64-avx512.so", "run.sh"]
     assert result.total_bytes == sum(s for _, s in result.files)
     assert "total" in result.format() and "MiB" in result.format()
     # the bundle's manifest is valid and matches its (stripped) library
@@ -54,6 +55,29 @@ def test_x86_bundle_runs_natively_and_matches_onnxruntime(x86_bundle, tmp_path):
     assert "latency: mean" in proc.stdout and "p90" in proc.stdout
     got = np.load(tmp_path / "out" / "y.npy")
     assert rel_err(got, ort_run(model, {"x": x})[0]) <= 1e-4
+
+
+def test_the_native_loader_runs_the_build_the_python_loader_picks(x86_bundle, tmp_path):
+    """edgecc-run picks among the bundle's builds (x86_64, x86_64-avx512) by the CPU's
+    features as edgecc.load does, runs the one --build names, and refuses the others."""
+    _, model, result = x86_bundle
+    x = np.random.default_rng(6).standard_normal((1, 3, 16, 16)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    picked = edgecc.load(result.path).build
+    loader = result.path / "bin" / "edgecc-run"
+    proc = _run([loader, result.path, "--input", f"x={tmp_path / 'x.npy'}"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"running the {picked} build\n")
+    for build in {"x86_64", picked}:
+        out = tmp_path / build
+        proc = _run([loader, result.path, "--build", build, "--input", f"x={tmp_path / 'x.npy'}",
+                     "--output", out])
+        assert proc.returncode == 0 and f"running the {build} build" in proc.stdout, proc.stderr
+        assert rel_err(np.load(out / "y.npy"), ort_run(model, {"x": x})[0]) <= 1e-4
+    proc = _run([loader, result.path, "--build", "rpi4"])
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: artifact '{result.path}' has no 'rpi4' build (it has: "
+                           "x86_64-avx512, x86_64)\n")
 
 
 def test_native_loader_errors(x86_bundle, tmp_path):
@@ -137,6 +161,7 @@ def test_aarch64_bundle_runs_under_qemu_and_matches_onnxruntime(tmp_path, capsys
     (lambda m: m["inputs"][0].update(shape=[1, -3]), "has a negative dimension"),
     (lambda m: m.update(device="tpu"), "unknown device 'tpu'"),
     (lambda m: m.pop("outputs"), "malformed manifest"),
+    (lambda m: m["variants"][0].pop("library"), "malformed manifest"),
 ])
 def test_python_and_native_loaders_validate_the_manifest_alike(x86_bundle, tmp_path, mutate,
                                                                 phrase):

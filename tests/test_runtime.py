@@ -78,6 +78,38 @@ def test_profile_times_every_kernel_of_the_model_inside_it(artifact):
         load(artifact).profile_kernels(runs=0)
 
 
+def test_the_loader_runs_the_best_build_the_cpu_has_every_feature_of():
+    from edgecc.manifest import Manifest, Variant
+    from edgecc.runtime import choose_build, runnable_builds
+
+    base = ("avx", "avx2", "fma")
+    m = Manifest(model_name="m", model_sha256="0", target="x86_64", arch="x86_64",
+                 device="cpu", tvm_target={}, tvm_version="0", edgecc_version="0", inputs=(),
+                 outputs=(), passes=(), library_sha256="b", cpu_features=base,
+                 variants=(Variant("x86_64-avx512", "model.x86_64-avx512.so", "v",
+                                   (*base, "avx512f", "avx512bw")),))
+    skylake = {*base, "avx512f", "avx512bw", "sse2"}
+    assert choose_build(m, skylake) == ("x86_64-avx512", "model.x86_64-avx512.so", "v")
+    assert choose_build(m, {*base, "avx512f"}) == ("x86_64", "model.so", "b")  # no BW
+    assert choose_build(m, skylake, build="x86_64") == ("x86_64", "model.so", "b")
+    assert choose_build(m, set()) == ("x86_64", "model.so", "b")  # unknown CPU: the base
+    assert choose_build(m, set(), build="x86_64-avx512")[0] == "x86_64-avx512"
+    with pytest.raises(ArtifactError) as e:
+        choose_build(m, {"avx", "sse2"}, source="artifact 'a'")
+    assert str(e.value) == "this CPU lacks avx2, fma, which the x86_64 build of artifact 'a' needs"
+    with pytest.raises(ArtifactError) as e:
+        choose_build(m, set(base), build="x86_64-avx512", source="artifact 'a'")
+    assert str(e.value) == ("this CPU lacks avx512f, avx512bw, which the x86_64-avx512 build of "
+                            "artifact 'a' needs")
+    assert runnable_builds(m, skylake) == (("x86_64-avx512", "x86_64"), ())
+    assert runnable_builds(m, set(base)) == (("x86_64",), (
+        "x86_64-avx512 (this CPU lacks avx512f, avx512bw, which the x86_64-avx512 build of the "
+        "artifact needs)",))
+    with pytest.raises(ArtifactError) as e:
+        choose_build(m, skylake, build="aarch64", source="artifact 'a'")
+    assert str(e.value) == "artifact 'a' has no 'aarch64' build (it has: x86_64-avx512, x86_64)"
+
+
 def test_summarize_math():
     r = summarize([0.001, 0.002, 0.003, 0.004], number=1)
     assert r.mean_ms == pytest.approx(2.5) and r.p50_ms == pytest.approx(2.5)

@@ -58,9 +58,10 @@ def test_cli_targets_lists_every_target(capsys):
 def test_native_picks_the_target_this_cpu_can_run():
     from edgecc.targets import native_target_name
 
-    skylake = {"avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+    haswell = {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe"}
+    skylake = haswell | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
     assert native_target_name("x86_64", skylake) == "x86_64-avx512"
-    assert native_target_name("x86_64", {"avx2", "fma", "avx512f"}) == "x86_64"  # no BW/DQ/VL
+    assert native_target_name("x86_64", haswell | {"avx512f"}) == "x86_64"  # no BW/DQ/VL
     assert native_target_name("aarch64", set()) == "aarch64"
     with pytest.raises(TargetError, match="no native target for a riscv64 machine"):
         native_target_name("riscv64", set())

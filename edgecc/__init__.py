@@ -24,6 +24,14 @@ __version__ = "0.3.0"
 
 set_default_threads()  # before TVM creates its thread pool (see edgecc/_threads.py)
 
+# verify, prune and distill below share their names with the modules that implement them.
+# Python binds a package attribute to a submodule when it first loads it, so loaded lazily the
+# modules would replace the functions (edgecc.verify(...) -> "'module' object is not callable"
+# once anything imported edgecc.verify). Loaded here first (numpy, no TVM), the defs win.
+from . import distill as _distill_module  # noqa: E402, F401
+from . import prune as _prune_module  # noqa: E402, F401
+from . import verify as _verify_module  # noqa: E402, F401
+
 __all__ = [
     "ArtifactError", "EdgeccError", "InputError", "ModelError", "OutputExistsError",
     "TargetError", "ToolchainError", "TuningLogError", "UnsupportedOperatorError", "VerificationError",

@@ -110,6 +110,15 @@ def test_the_loader_runs_the_best_build_the_cpu_has_every_feature_of():
     assert str(e.value) == "artifact 'a' has no 'aarch64' build (it has: x86_64-avx512, x86_64)"
 
 
+def test_api_functions_stay_functions_once_their_modules_are_imported():
+    import importlib
+
+    for name in ("verify", "prune", "distill", "compile", "load"):
+        importlib.import_module(f"edgecc.{name}" if name not in ("compile", "load") else "edgecc")
+        assert callable(getattr(edgecc, name)) and not isinstance(getattr(edgecc, name),
+                                                                  type(importlib)), name
+
+
 def test_summarize_math():
     r = summarize([0.001, 0.002, 0.003, 0.004], number=1)
     assert r.mean_ms == pytest.approx(2.5) and r.p50_ms == pytest.approx(2.5)

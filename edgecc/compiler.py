@@ -198,11 +198,9 @@ def compile_model(
         with stage("build", timed):
             result = build_library(lowered, tgt, tmp)
         built = []
-        for v in variants:
+        for v in variants:  # passes are pure: the imported module serves every build
             with stage(f"build {v.name}", timed):
-                again = import_model(model, kind=kind, raw=source, name=name, shapes=shapes,
-                                     example_inputs=example_inputs)
-                built.append(_build_variant(again.mod, v, tmp, choice=choice,
+                built.append(_build_variant(imported.mod, v, tmp, choice=choice,
                                             logs=variant_logs[v.name]))
         with stage("export", timed):
             manifest = Manifest(

@@ -144,7 +144,8 @@ def select_in_model(
             tuning_log.write_candidate_log(log_dir, work / f"{label}.log", picks[label])
             compile_model(model, target=tgt, output=work / label, input_shapes=input_shapes,
                           example_inputs=example_inputs, quantize=quantize, use_cache=False,
-                          tuning_logs=[work / f"{label}.log"], use_shipped_logs=False)
+                          tuning_logs=[work / f"{label}.log"], use_shipped_logs=False,
+                          isa_variants=False)  # time the build these records are for
             return load(work / label)
 
         built = {label: build(label) for label in picks}

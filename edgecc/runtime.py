@@ -330,6 +330,9 @@ def runnable_builds(manifest: Manifest, flags: set[str] | None = None
     flags = cpu_flags() if flags is None else flags
     ok, not_run = [], []
     for name, *_ in builds(manifest):
+        if not flags and name != manifest.target:
+            not_run.append(f"{name} (this CPU's features are unknown)")
+            continue
         try:
             ok.append(choose_build(manifest, flags, build=name)[0])
         except ArtifactError as e:

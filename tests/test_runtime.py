@@ -102,6 +102,8 @@ def test_the_loader_runs_the_best_build_the_cpu_has_every_feature_of():
     assert str(e.value) == ("this CPU lacks avx512f, avx512bw, which the x86_64-avx512 build of "
                             "artifact 'a' needs")
     assert runnable_builds(m, skylake) == (("x86_64-avx512", "x86_64"), ())
+    assert runnable_builds(m, set()) == (("x86_64",), (
+        "x86_64-avx512 (this CPU's features are unknown)",))
     assert runnable_builds(m, set(base)) == (("x86_64",), (
         "x86_64-avx512 (this CPU lacks avx512f, avx512bw, which the x86_64-avx512 build of the "
         "artifact needs)",))

@@ -414,6 +414,9 @@ def _add_build_arg(p) -> None:
 def _rpc_settings(args):
     if not (args.rpc_tracker or args.rpc_key):
         return None
+    if getattr(args, "build", None):
+        raise InputError("--build chooses among the builds run on this machine; an RPC device "
+                         "runs the artifact's model.so")
     from .tune import RPCSettings  # noqa: PLC0415
 
     return RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "",

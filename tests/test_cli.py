@@ -30,6 +30,15 @@ def test_compile_run_verify(tmp_path, conv_onnx, capsys):
     assert rel_err(got, ort_run(conv_onnx, {"x": x})[0]) <= 1e-4
     assert main(["verify", str(out), str(conv_onnx)]) == 0
     assert "OK (tolerance: rel <= 0.0001)" in capsys.readouterr().out
+    # the AVX2 build by name, here and refused for an RPC device (which runs model.so)
+    assert main(["run", str(out), "--build", "x86_64"]) == 0
+    assert capsys.readouterr().out.startswith("running the x86_64 build\n")
+    for cmd in ("run", "bench"):
+        assert main([cmd, str(out), "--build", "x86_64", "--rpc-tracker", "127.0.0.1:9",
+                     "--rpc-key", "k"]) == 1
+        assert capsys.readouterr().err == (
+            "error: --build chooses among the builds run on this machine; an RPC device runs "
+            "the artifact's model.so\n")
     # second compile of the same model: served by the cache
     assert main(["compile", str(conv_onnx), "-o", str(tmp_path / "again")]) == 0
     assert "from cache" in capsys.readouterr().out

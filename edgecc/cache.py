@@ -66,13 +66,13 @@ def entry_dir(key: str) -> Path:
 def validate_artifact(directory: Path) -> Manifest:
     """Check that the manifest parses and every file it names is present and intact."""
     m = Manifest.read(directory)
-    for name, sha256 in ((m.library, m.library_sha256),
-                         *((v.library, v.library_sha256) for v in m.variants)):
-        lib = directory / name
+    for b in m.builds():
+        lib = directory / b.library
         if not lib.is_file():
-            raise ArtifactError(f"{directory}: {name} is missing")
-        if sha256 and sha256_file(lib) != sha256:
-            raise ArtifactError(f"{directory}: {name} does not match the sha256 in the manifest")
+            raise ArtifactError(f"{directory}: {b.library} is missing")
+        if b.library_sha256 and sha256_file(lib) != b.library_sha256:
+            raise ArtifactError(f"{directory}: {b.library} does not match the sha256 in the "
+                                "manifest")
     return m
 
 

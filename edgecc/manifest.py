@@ -62,6 +62,13 @@ class Manifest:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
+    def builds(self) -> tuple[Variant, ...]:
+        """Every build of the model in the artifact: the ISA variants first, then the base
+        library (as a Variant of the manifest's own target)."""
+        return (*self.variants, Variant(self.target, self.library, self.library_sha256,
+                                        self.cpu_features, self.tvm_target,
+                                        self.options.get("kernels") or {}))
+
     def to_json(self) -> str:
         d = asdict(self)
         for key in ("inputs", "outputs"):

@@ -95,7 +95,7 @@ def _populate(d: Path, *, artifact: Path, manifest, loader: Path, libs: dict[str
               strip_tool: str | None) -> tuple[tuple[str, int], ...]:
     (d / "bin").mkdir()
     (d / "lib").mkdir()
-    models = [manifest.library, *(v.library for v in manifest.variants)]
+    models = [b.library for b in manifest.builds()]
     for name in models:
         shutil.copy2(artifact / name, d / name)
     shutil.copy2(loader, d / "bin" / "edgecc-run")

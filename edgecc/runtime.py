@@ -14,7 +14,7 @@ import shutil
 import platform
 import statistics
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,45 +291,38 @@ class Model:
         return {symbol: statistics.median(v) for symbol, v in samples.items()}
 
 
-def builds(manifest: Manifest) -> list[tuple[str, str, str, tuple[str, ...]]]:
-    """The artifact's builds, the ISA variants first, then the base one: (target, library,
-    sha256, cpu_features) each."""
-    return [*((v.target, v.library, v.library_sha256, v.cpu_features) for v in manifest.variants),
-            (manifest.target, manifest.library, manifest.library_sha256, manifest.cpu_features)]
-
-
-def choose_build(manifest: Manifest, flags: set[str], *, build: str | None = None,
+def choose_build(manifest: Manifest, flags: Set[str], *, build: str | None = None,
                  source: str = "the artifact") -> tuple[str, str, str]:
     """(target, library, sha256) of the build to run on a CPU with feature ``flags``: the one
     named ``build``, else the first ISA variant the CPU has every feature of, else the base
     build. A build needing a feature the CPU lacks is refused (it would die of an illegal
     instruction). No flags (CPU unknown): the base build, or the one named, unchecked."""
-    known = builds(manifest)
+    known = manifest.builds()
     if build is not None:
-        known = [b for b in known if b[0] == build]
+        known = tuple(b for b in known if b.target == build)
         if not known:
             raise ArtifactError(f"{source} has no {build!r} build (it has: "
-                                f"{', '.join(b[0] for b in builds(manifest))})")
-    for name, library, sha256, features in known:
-        if not flags and build is None and name != manifest.target:
+                                f"{', '.join(b.target for b in manifest.builds())})")
+    for b in known:
+        if not flags and build is None and b.target != manifest.target:
             continue  # an unknown CPU runs the base build unless told otherwise
-        missing = [f for f in features if f not in flags] if flags else []
+        missing = [f for f in b.cpu_features if f not in flags] if flags else []
         if not missing:
-            return name, library, sha256
-        if build is not None or name == manifest.target:
-            raise ArtifactError(f"this CPU lacks {', '.join(missing)}, which the {name} build of "
-                                f"{source} needs")
+            return b.target, b.library, b.library_sha256
+        if build is not None or b.target == manifest.target:
+            raise ArtifactError(f"this CPU lacks {', '.join(missing)}, which the {b.target} "
+                                f"build of {source} needs")
     raise AssertionError("unreachable: the base build is last")
 
 
-def runnable_builds(manifest: Manifest, flags: set[str] | None = None
+def runnable_builds(manifest: Manifest, flags: Set[str] | None = None
                     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the builds this CPU can run, why each other one cannot), by target name."""
     from .targets import cpu_flags  # noqa: PLC0415
 
     flags = cpu_flags() if flags is None else flags
     ok, not_run = [], []
-    for name, *_ in builds(manifest):
+    for name in (b.target for b in manifest.builds()):
         if not flags and name != manifest.target:
             not_run.append(f"{name} (this CPU's features are unknown)")
             continue

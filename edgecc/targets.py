@@ -9,6 +9,7 @@ the ``aliases`` lists. Nothing here imports TVM.
 from __future__ import annotations
 
 import os
+from collections.abc import Set
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -134,18 +135,21 @@ def list_targets() -> list[Target]:
     return list(_load_all(str(targets_dir())).values())
 
 
-def cpu_flags() -> set[str]:
-    """This machine's CPU feature flags (x86: /proc/cpuinfo 'flags'); empty if unknown."""
+@cache
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags (x86: /proc/cpuinfo 'flags'); empty if unknown. Read
+    once per process."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
-def native_target_name(machine: str | None = None, flags: set[str] | None = None) -> str:
+def native_target_name(machine: str | None = None,
+                       flags: Set[str] | None = None) -> str:
     """The named target for this machine's CPU: ``x86_64-avx512`` on x86 with AVX-512, else
     ``x86_64``; ``aarch64`` on 64-bit ARM."""
     import platform  # noqa: PLC0415

@@ -178,6 +178,8 @@ def drive_compile(args) -> int:
               f"with {', '.join(f for f in v.cpu_features if f not in m.cpu_features)}")
     if result.variant_note:
         print(f"  note: {result.variant_note}")
+    for note in result.fallbacks:
+        print(f"  fallback: {note}")
     _print_compression(m.options)
     quant = m.options.get("quantize") or {}
     if quant.get("mode") == "fp16" and m.device == "cpu" and m.arch == "x86_64":
@@ -746,7 +748,7 @@ def _pipeline_items(pipe, args) -> list[dict]:
     if set(items) != set(specs) or len(counts) != 1:
         raise InputError("give every model input once (--input NAME=FILE.npy), with the same "
                          "number of items")
-    return [{n: np.ascontiguousarray(v[i]) for n, v in items.items()}
+    return [{n: np.asarray(v[i], order="C") for n, v in items.items()}
             for i in range(counts.pop())]
 
 

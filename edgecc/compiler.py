@@ -14,8 +14,9 @@ import numpy as np
 from . import __version__, cache, passes, tuning_log
 from ._util import StageCallback, atomic_dir, check_output_dir, sha256_file, stage
 from .build import build_library, check_toolchain
-from .errors import ModelError
+from .errors import CompileError, EdgeccError, ModelError
 from .manifest import LIBRARY_NAME, Manifest, TensorSpec, Variant
+from .passes import fallback
 from .quantize import Quantization
 from .targets import Target, get_target, variant_targets
 
@@ -42,6 +43,11 @@ class CompileResult:
     def transferred(self) -> int:
         """Kernels scheduled with a similar kernel's record (the transfer-tuning pass)."""
         return (self.manifest.options.get("kernels") or {}).get("transferred", 0)
+
+    @property
+    def fallbacks(self) -> list[str]:
+        """What edgecc's optimizations left unoptimized in this model, and why."""
+        return list(self.manifest.options.get("fallbacks") or [])
 
     @property
     def rule_tiled(self) -> int:
@@ -185,23 +191,19 @@ def compile_model(
                           **report.to_dict()}
         elif quantize is not None:
             quant_info = {"mode": quantize.mode}
-        with stage("import", timed):
-            imported = import_model(model, kind=kind, raw=source, name=name, shapes=shapes,
-                                    example_inputs=example_inputs)
-            if source is not raw:  # the manifest names the user's model, not the QDQ copy
-                imported = replace(imported, sha256=hashlib.sha256(raw).hexdigest())
-        with stage("passes", timed):
-            lowered, kernels = _run_passes(imported.mod, pass_names, tgt, logs=logs,
-                                           cross_logs=cross_logs,
-                                           print_ir_after=print_ir_after, emit_ir=emit_ir)
-            weights = constant_bytes(lowered)
-        with stage("build", timed):
-            result = build_library(lowered, tgt, tmp)
-        built = []
-        for v in variants:  # passes are pure: the imported module serves every build
-            with stage(f"build {v.name}", timed):
+        with fallback.collecting() as fallbacks:
+            with stage("import", timed):
+                imported = import_model(model, kind=kind, raw=source, name=name, shapes=shapes,
+                                        example_inputs=example_inputs)
+                if source is not raw:  # the manifest names the user's model, not the QDQ copy
+                    imported = replace(imported, sha256=hashlib.sha256(raw).hexdigest())
+            result, kernels, weights = _lower_and_build(
+                imported.mod, pass_names, tgt, tmp, logs=logs, cross_logs=cross_logs,
+                print_ir_after=print_ir_after, emit_ir=emit_ir, timed=timed)
+            built = []
+            for v in variants:  # passes are pure: the imported module serves every build
                 built.append(_build_variant(imported.mod, v, tmp, choice=choice,
-                                            logs=variant_logs[v.name]))
+                                            logs=variant_logs[v.name], timed=timed))
         with stage("export", timed):
             manifest = Manifest(
                 model_name=imported.name, model_sha256=imported.sha256, target=tgt.name,
@@ -214,7 +216,8 @@ def compile_model(
                          "kernels": kernels,
                          "weights_bytes": weights,
                          "quantize": quant_info,
-                         "tuning_logs": [str(p) for p in logs]},
+                         "tuning_logs": [str(p) for p in logs],
+                         "fallbacks": list(fallbacks)},
                 cpu_features=tgt.cpu_features, variants=tuple(built),
             )
             manifest.write(tmp)
@@ -254,14 +257,55 @@ class _PipelineChoice:
                  if passes.TRANSFER_AT in pass_names else []))
 
 
+def _lower_and_build(mod, pass_names, tgt: Target, out_dir: Path, *, logs, cross_logs,
+                     print_ir_after, emit_ir, timed, name: str = LIBRARY_NAME, label: str = ""):
+    """Passes and build of ``mod`` into ``out_dir/name``: (BuildResult, kernel counts, weight
+    bytes). If the optimized pipeline fails inside TVM, the model is built again with the
+    required passes only (TVM's own lowering) and the fallback is reported; a failure there is
+    a :class:`CompileError` naming the stage."""
+    try:
+        with stage(f"passes{label}", timed):
+            lowered, kernels = _run_passes(mod, pass_names, tgt, logs=logs,
+                                           cross_logs=cross_logs,
+                                           print_ir_after=print_ir_after, emit_ir=emit_ir)
+        with stage(f"build{label}", timed):
+            result = _build(lowered, tgt, out_dir, name=name)
+        return result, kernels, constant_bytes(lowered)
+    except EdgeccError as e:
+        if not isinstance(e, CompileError):
+            raise
+        failure = str(e)
+    plain = passes.required_only(pass_names)
+    if tuple(plain) == tuple(pass_names):
+        raise CompileError(failure)
+    fallback.report(f"the optimized build failed ({failure}); built with the required passes "
+                    f"only ({', '.join(n for n in pass_names if n not in plain)} left out)")
+    with stage(f"passes{label} (plain)", timed):
+        lowered, kernels = _run_passes(mod, plain, tgt, logs=[], cross_logs=[],
+                                       print_ir_after=(), emit_ir=emit_ir)
+    with stage(f"build{label} (plain)", timed):
+        result = _build(lowered, tgt, out_dir, name=name)
+    return result, kernels, constant_bytes(lowered)
+
+
+def _build(lowered, tgt: Target, out_dir: Path, *, name: str):
+    """:func:`build_library`, a failure inside TVM named as the build stage's."""
+    try:
+        return build_library(lowered, tgt, out_dir, name=name)
+    except EdgeccError:
+        raise
+    except Exception as e:  # noqa: BLE001  (codegen and linking raise many types)
+        raise CompileError.from_tvm(f"build for {tgt.name}", e) from e
+
+
 def _build_variant(mod, tgt: Target, out_dir: Path, *, choice: _PipelineChoice,
-                   logs: tuple[list[Path], list[Path]]) -> Variant:
+                   logs: tuple[list[Path], list[Path]], timed=None) -> Variant:
     """Build the imported ``mod`` for the variant target ``tgt`` into ``model.<tgt>.so``, with
     ``logs`` (its own shipped logs, its transfer donors)."""
     _, pass_names = choice.passes_for(tgt)
-    lowered, kernels = _run_passes(mod, pass_names, tgt, logs=logs[0], cross_logs=logs[1],
-                                   print_ir_after=(), emit_ir=print)
-    result = build_library(lowered, tgt, out_dir, name=f"model.{tgt.name}.so")
+    result, kernels, _ = _lower_and_build(
+        mod, pass_names, tgt, out_dir, logs=logs[0], cross_logs=logs[1], print_ir_after=(),
+        emit_ir=print, timed=timed, name=f"model.{tgt.name}.so", label=f" {tgt.name}")
     return Variant(target=tgt.name, library=result.library.name,
                    library_sha256=sha256_file(result.library), cpu_features=tgt.cpu_features,
                    tvm_target=tgt.target_json(), kernels=kernels)

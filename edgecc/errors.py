@@ -27,6 +27,20 @@ class UnsupportedOperatorError(ModelError):
             f"{len(unsupported)} unsupported operator type(s): " + "; ".join(parts))
 
 
+class CompileError(EdgeccError):
+    """A compile stage inside TVM failed on the model (named: stage, and op where known)."""
+
+    @staticmethod
+    def describe(e: BaseException) -> str:
+        """``Type: last line`` of a TVM error (its message ends with the check that failed)."""
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        return f"{type(e).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+    @classmethod
+    def from_tvm(cls, where: str, e: BaseException, *, op: str | None = None) -> CompileError:
+        return cls(f"{where} failed{f' at {op}' if op else ''}: {cls.describe(e)}")
+
+
 class TargetError(EdgeccError):
     """Unknown or malformed target."""
 

@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError, UnsupportedOperatorError
-from .manifest import TensorSpec
+from .manifest import DYNAMIC, TensorSpec
 
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
+# ONNX TensorProto element types TVM's importer and both loaders take (manifest.DTYPES)
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
+                7: "int64", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
+                16: "bfloat16", 17: "float8_e4m3fn", 19: "float8_e5m2",
+                24: "float8_e8m0fnu"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def _onnx_inputs(model) -> list[tuple[str, list[int | str | None], str]]:
                              f"({tt.elem_type}); supported: {', '.join(_ONNX_DTYPES.values())}")
         dims: list[int | str | None] = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
+            if d.HasField("dim_value") and d.dim_value >= 0:  # 0: an empty tensor
                 dims.append(int(d.dim_value))
             else:
                 dims.append(d.dim_param or None)
@@ -168,10 +172,70 @@ def import_onnx(model, *, raw: bytes, name: str,
     except Exception as e:  # the importer raises many types for model-side problems
         raise ModelError(f"TVM's ONNX importer could not convert '{name}': "
                          f"{type(e).__name__}: {_first_line(e)}") from e
+    if unknown_shapes(mod):
+        mod = _import_shape_folded(model, mod, shapes=shapes, dtypes=dtypes)
     inputs = tuple(TensorSpec(n, shapes[n], dtypes[n]) for n, _, _ in declared)
     out_names = [o.name for o in model.graph.output]
     return ImportedModel(mod=mod, name=name, sha256=hashlib.sha256(raw).hexdigest(),
                          inputs=inputs, outputs=_output_specs(mod, out_names), source="onnx")
+
+
+def unknown_shapes(mod) -> int:
+    """How many tensors of ``main`` have a shape the importer could not work out (TVM's lowering
+    fails on some of them, e.g. a concat of two such tensors)."""
+    from tvm import relax  # noqa: PLC0415
+
+    count = [0]
+
+    def visit(e):
+        ty = getattr(e, "ty", None) if isinstance(e, relax.Var) else None
+        if isinstance(ty, relax.TensorType) and ty.shape is None:
+            count[0] += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return count[0]
+
+
+def _import_shape_folded(model, mod, *, shapes, dtypes):
+    """Re-import ``model`` after ONNX Runtime's basic graph optimizer (constant folding, with the
+    input shapes fixed) computed what the graph derives from tensor shapes (Shape -> Gather ->
+    Div -> Slice, as torch exports ``chunk``); the first import ``mod`` if that does not leave
+    fewer unknown shapes. Reported as a fallback note when used."""
+    import onnx  # noqa: PLC0415
+    import onnxruntime as ort  # noqa: PLC0415
+    from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415
+
+    from .passes.fallback import report  # noqa: PLC0415
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for vi in fixed.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[vi.name], strict=True):
+                d.Clear()
+                d.dim_value = v
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        opts.log_severity_level = 3
+        try:
+            ort.InferenceSession(fixed.SerializeToString(), opts,
+                                 providers=["CPUExecutionProvider"])
+            folded = onnx.load(opts.optimized_model_filepath)
+            again = from_onnx(folded, shape_dict=shapes, dtype_dict=dtypes,
+                              keep_params_in_input=False)
+        except Exception:  # noqa: BLE001  (keep the first import)
+            return mod
+    before, after = unknown_shapes(mod), unknown_shapes(again)
+    if after >= before:
+        return mod
+    report(f"import: {before} tensor shape(s) are computed inside the ONNX graph (Shape, Gather, "
+           f"Slice...); folded with ONNX Runtime's basic graph optimizer first ({after} left)")
+    return again
 
 
 def _first_line(e: BaseException) -> str:
@@ -188,19 +252,19 @@ def _ret_leaves(mod) -> list:
 
 
 def _output_specs(mod, names: Sequence[str]) -> tuple[TensorSpec, ...]:
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax, tirx  # noqa: PLC0415
 
     leaves = _ret_leaves(mod)
     specs = []
     for i, sinfo in enumerate(leaves):
-        if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
-            raise ModelError(f"output #{i} has no static tensor shape after import")
-        try:
-            shape = tuple(int(s) for s in sinfo.shape.values)
-        except TypeError:
-            raise ModelError(f"output #{i} has a dynamic shape ({sinfo.shape}); "
-                             "pin the input shapes with --input-shape") from None
         name = names[i] if i < len(names) else f"output{i}"
+        if not isinstance(sinfo, relax.TensorType) or sinfo.ndim < 0:
+            raise ModelError(f"output #{i} ('{name}') is not a tensor of known rank after import "
+                             f"({sinfo}); edgecc artifacts return tensors")
+        # a dim that depends on input values (NonZero, Range, ...) is known only at run time
+        shape = (tuple(int(s) if isinstance(s, tirx.IntImm) else DYNAMIC
+                       for s in sinfo.shape.values) if sinfo.shape is not None
+                 else (DYNAMIC,) * sinfo.ndim)
         specs.append(TensorSpec(name, shape, str(sinfo.dtype)))
     return tuple(specs)
 

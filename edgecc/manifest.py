@@ -15,17 +15,22 @@ FORMAT = "edgecc-artifact"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "model.json"
 LIBRARY_NAME = "model.so"
-DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
+DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool", "float64", "int16",
+          "uint16", "uint32", "uint64", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu")
+
+
+DYNAMIC = -1  # an output dimension known only at run time (NonZero, Range, ...)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # DYNAMIC (-1) for an output dim that depends on input values
     dtype: str
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+        dims = ("?" if d == DYNAMIC else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{','.join(dims)}]"
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,8 @@ class Manifest:
             raise ArtifactError(f"{source}: manifest format_version {d.get('format_version')} is "
                                 f"not supported (this edgecc reads {FORMAT_VERSION})")
         try:
-            specs = {k: tuple(_spec(t, source) for t in d[k]) for k in ("inputs", "outputs")}
+            specs = {k: tuple(_spec(t, source, dynamic=k == "outputs") for t in d[k])
+                     for k in ("inputs", "outputs")}
             fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
             fields.update(specs, passes=tuple(d["passes"]),
                           cpu_features=tuple(d.get("cpu_features", ())),
@@ -118,9 +124,9 @@ def _variant(v: dict[str, Any]) -> Variant:
     return Variant(**{**v, "cpu_features": tuple(v["cpu_features"])})
 
 
-def _spec(t: dict[str, Any], source: str) -> TensorSpec:
+def _spec(t: dict[str, Any], source: str, *, dynamic: bool = False) -> TensorSpec:
     shape = tuple(int(s) for s in t["shape"])
-    if any(s < 0 for s in shape):
+    if any(s < (DYNAMIC if dynamic else 0) for s in shape):
         raise ArtifactError(f"{source}: tensor {t['name']!r} has a negative dimension")
     if t["dtype"] not in DTYPES:
         raise ArtifactError(f"{source}: tensor {t['name']!r} has unsupported dtype {t['dtype']!r}")

@@ -1,4 +1,4 @@
-"""The native loader (``native/edgecc_run.cc``) and the TVM runtime libraries it links, per CPU
+"""The native loader (``edgecc/native/edgecc_run.cc``) and the TVM runtime libraries it links, per CPU
 architecture.
 
 x86_64 takes ``libtvm_runtime.so`` and ``libtvm_ffi.so`` from the installed wheels. aarch64 takes
@@ -23,8 +23,9 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import ToolchainError
+from .targets import DATA
 
-NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
+NATIVE_DIR = DATA / "native"  # package data: the loader's sources and Makefile
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
 WHEEL_MEMBERS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so",
                  "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}

@@ -210,7 +210,7 @@ class RemoteArtifact:
         """Inputs (manifest order) copied to the device."""
         import tvm  # noqa: PLC0415
 
-        return [tvm.runtime.tensor(np.ascontiguousarray(a), self.dev) for a in arrays]
+        return [tvm.runtime.tensor(np.asarray(a, order="C"), self.dev) for a in arrays]
 
     def run_uploaded(self, args) -> dict[str, np.ndarray]:
         result = self.vm["main"](*args)

@@ -8,12 +8,14 @@ for CPU artifacts. Inputs are checked against the manifest before anything runs.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 import shutil
 import platform
 import statistics
 import struct
+import sys
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +48,27 @@ def runtime_library_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "lib" / "libtvm_runtime.so"
 
 
+def _import_ffi_without_torch() -> None:
+    """Import ``tvm_ffi`` without letting it import torch. Its ``__init__`` (and two of its
+    modules) try ``import torch`` for torch interop: 2.3 s of a device runtime's cold start where
+    torch is installed, for nothing (the loader hands it numpy arrays). A process that imported
+    torch or tvm_ffi already is left as it is; torch stays importable afterwards, but tvm_ffi
+    then does not know torch tensors (pass numpy, or import torch first)."""
+    if "tvm_ffi" in sys.modules or "torch" in sys.modules:
+        import tvm_ffi  # noqa: F401, PLC0415
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  (import torch -> ImportError)
+    try:
+        import tvm_ffi  # noqa: F401, PLC0415
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+
+
 def _ensure_runtime() -> None:
     global _runtime_lib
     if _runtime_lib is None:
-        import tvm_ffi  # noqa: F401, PLC0415  (loads libtvm_ffi.so, which the runtime links to)
+        _import_ffi_without_torch()  # loads libtvm_ffi.so, which the runtime links to
 
         path = runtime_library_path()
         if not path.is_file():
@@ -103,7 +122,7 @@ def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> li
                             f"{spec.shape}")
         if str(a.dtype) != spec.dtype:
             problems.append(f"input {spec.name!r} has dtype {a.dtype}, expected {spec.dtype}")
-        arrays.append(np.ascontiguousarray(a))
+        arrays.append(np.asarray(a, order="C"))  # (ascontiguousarray makes 0-d 1-d)
     if problems:
         raise InputError("; ".join(problems) + " (the model takes: "
                          + ", ".join(s.describe() for s in specs) + ")")
@@ -111,9 +130,10 @@ def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> li
 
 
 def aligned(a: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
-    """``a`` itself when contiguous and aligned, else an aligned copy. TVM kernels assume
-    64-byte aligned buffers (they use aligned vector loads); numpy only guarantees 16."""
-    if a.flags.c_contiguous and a.ctypes.data % alignment == 0:
+    """``a`` itself when contiguous, aligned and writeable, else an aligned copy. TVM kernels
+    assume 64-byte aligned buffers (they use aligned vector loads); numpy only guarantees 16;
+    DLPack cannot export a read-only array."""
+    if a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % alignment == 0:
         return a
     buf = np.empty(a.nbytes + alignment, dtype=np.uint8)
     offset = (-buf.ctypes.data) % alignment
@@ -122,11 +142,26 @@ def aligned(a: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _create_view():
+    """libtvm_runtime's ``TVMTensorCreateView(tensor, shape, dtype, byte_offset)``."""
+    import tvm_ffi  # noqa: PLC0415
+
+    return tvm_ffi.get_global_func("runtime.TVMTensorCreateView")
+
+
 def _numpy_dtype(name: str) -> np.dtype | None:
-    """The numpy dtype called ``name``; None for one numpy lacks (e.g. bfloat16)."""
+    """The numpy dtype called ``name``: numpy's own, or ml_dtypes' (bfloat16, float8_*; imported
+    only for those); None if neither has it."""
     try:
         return np.dtype(name)
     except TypeError:
+        pass
+    try:
+        import ml_dtypes  # noqa: PLC0415  (tvm_ffi's own dependency)
+
+        return np.dtype(getattr(ml_dtypes, name))
+    except (ImportError, AttributeError, TypeError):
         return None
 
 
@@ -134,8 +169,8 @@ def random_inputs(specs: tuple[TensorSpec, ...], *, seed: int = 0) -> dict[str, 
     rng = np.random.default_rng(seed)
     out = {}
     for s in specs:
-        if s.dtype.startswith("float"):
-            out[s.name] = rng.standard_normal(s.shape).astype(s.dtype)
+        if s.dtype.startswith(("float", "bfloat")):
+            out[s.name] = rng.standard_normal(s.shape).astype(_numpy_dtype(s.dtype))
         elif s.dtype == "bool":
             out[s.name] = rng.integers(0, 2, s.shape).astype(bool)
         else:
@@ -209,18 +244,37 @@ class Model:
                 if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
                         or not a.flags.c_contiguous):
                     break
-                tensor = self._ffi.from_dlpack(a)
+                if not a.flags.writeable:  # DLPack cannot export it: copy
+                    args.append(self._staged(i, a))
+                    continue
+                tensor = self._tensor(a)
                 args.append(self._staged(i, a) if tensor.data_ptr() % ALIGNMENT else tensor)
             else:
                 return args
-        return [self._ffi.from_dlpack(aligned(a))
-                for a in check_inputs(self.manifest.inputs, inputs)]
+        return [self._tensor(aligned(a)) for a in check_inputs(self.manifest.inputs, inputs)]
+
+    def _tensor(self, a: np.ndarray):
+        """``a`` as a TVM tensor without a copy. DLPack has no bfloat16/float8 for numpy
+        (ml_dtypes' types): those go as unsigned integers of their size, viewed as their dtype."""
+        if a.dtype.kind != "V":
+            return self._ffi.from_dlpack(a)
+        raw = self._ffi.from_dlpack(a.view(f"uint{a.dtype.itemsize * 8}"))
+        return _create_view()(raw, self._ffi.Shape(a.shape), self._ffi.dtype(a.dtype.name), 0)
+
+    def _array(self, t, spec: TensorSpec) -> np.ndarray:
+        """Output tensor ``t`` as a numpy array of its own (a copy)."""
+        dtype = _numpy_dtype(spec.dtype)
+        if dtype is None or dtype.kind != "V":
+            return np.from_dlpack(t).copy()
+        uint = f"uint{dtype.itemsize * 8}"
+        raw = _create_view()(t, t.shape, self._ffi.dtype(uint), 0)
+        return np.from_dlpack(raw).copy().view(dtype)
 
     def _staged(self, index: int, array: np.ndarray):
         """``array`` copied into input ``index``'s aligned staging buffer, as a TVM tensor."""
         if index not in self._staging:
             buffer = aligned(np.empty_like(array))
-            self._staging[index] = (buffer, self._ffi.from_dlpack(buffer))
+            self._staging[index] = (buffer, self._tensor(buffer))
         buffer, tensor = self._staging[index]
         np.copyto(buffer, array)
         return tensor
@@ -233,7 +287,7 @@ class Model:
         if len(leaves) != len(self.manifest.outputs):
             raise ArtifactError(f"the library returned {len(leaves)} outputs, the manifest "
                                 f"lists {len(self.manifest.outputs)}")
-        return {spec.name: np.from_dlpack(t).copy()
+        return {spec.name: self._array(t, spec)
                 for spec, t in zip(self.manifest.outputs, leaves, strict=True)}
 
     def benchmark(self, inputs: Mapping[str, Any] | None = None, *, repeat: int = 30,

@@ -1,4 +1,4 @@
-"""Named targets: one JSON file per target under ``targets/`` (data, not code).
+"""Named targets: one JSON file per target under ``edgecc/targets/`` (package data, not code).
 
 A target file holds the TVM target dict, an optional host target dict (for GPU targets), the
 CPU architecture of the device, the cross compiler that links its shared library (and the Debian
@@ -8,6 +8,7 @@ the ``aliases`` lists. Nothing here imports TVM.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from collections.abc import Set
 from dataclasses import dataclass, field
@@ -19,13 +20,14 @@ from typing import Any
 from ._util import read_json
 from .errors import TargetError
 
-ROOT = Path(__file__).resolve().parent.parent
+# the package's data (targets/, tuning_logs/, native/), where an installed wheel has it too
+DATA = Path(str(importlib.resources.files(__package__)))
 _KNOWN_ARCHS = ("x86_64", "aarch64")
 _REQUIRED = ("name", "description", "arch", "tvm_target")
 
 
 def targets_dir() -> Path:
-    return Path(os.environ.get("EDGECC_TARGETS_DIR", ROOT / "targets"))
+    return Path(os.environ.get("EDGECC_TARGETS_DIR", DATA / "targets"))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 (``workloads.json`` + ``records.json``) and ``meta.json`` naming the target it was tuned for.
 
 Records are keyed by the kernel's structure, not by model, so any model with the same layer
-shapes reuses them. ``tuning_logs/<target>/`` in the project holds the shipped logs (small JSON,
-committed); ``edgecc compile`` applies them automatically, plus any ``--tuning-log DIR``.
+shapes reuses them. ``edgecc/tuning_logs/<target>/`` (package data) holds the shipped logs (small
+JSON, committed); ``edgecc compile`` applies them automatically, plus any ``--tuning-log DIR``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from ._util import read_json
 from .errors import TuningLogError
 from .rule_tiling import RULE_VERSION
-from .targets import ROOT, Target
+from .targets import DATA, Target
 
 WORKLOADS = "workloads.json"
 RECORDS = "records.json"
@@ -26,9 +26,9 @@ META = "meta.json"
 
 def shipped_root() -> Path:
     """Where the shipped logs live: ``$EDGECC_TUNING_LOGS`` (a team's own log library, laid out
-    like the project's: ``<target>/<name>/``) or the project's ``tuning_logs/``."""
+    like the package's: ``<target>/<name>/``) or the package's ``edgecc/tuning_logs/``."""
     env = os.environ.get("EDGECC_TUNING_LOGS")
-    return Path(env) if env else ROOT / "tuning_logs"
+    return Path(env) if env else DATA / "tuning_logs"
 
 
 def shipped_log_dir(target: Target) -> Path:

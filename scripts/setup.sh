@@ -23,6 +23,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The plain xgboost wheel (with CUDA's NCCL) and xgboost-cpu install the same module: replace
+# the first by the second (pyproject.toml depends on xgboost-cpu where it has wheels).
+if "$PY" -m pip show -q xgboost >/dev/null 2>&1; then
+  echo "setup: replacing xgboost (CUDA build, pulls nvidia-nccl-cu12) by xgboost-cpu"
+  "$PY" -m pip uninstall -q -y xgboost nvidia-nccl-cu12
+fi
 # torch is pinned to the CPU build (2.13.0); pip takes it from the local wheel cache / PyPI.
-"$PY" -m pip install -q -e '.[dev]'
+# constraints.txt pins what the dependencies pull in unpinned (ml_dtypes: cold start).
+"$PY" -m pip install -q -c constraints.txt -e '.[dev]'
 echo "setup: done ($("$PY" -c 'import tvm, onnxruntime, torch; print("tvm", tvm.__version__, "| onnxruntime", onnxruntime.__version__, "| torch", torch.__version__)'))"

@@ -79,7 +79,7 @@ def test_isa_variants_can_be_left_out_and_are_not_built_beside_a_users_tuning_lo
                        isa_variants=False)
     assert r.manifest.variants == () and r.variant_note is None
     assert main(["compile", str(conv_onnx), "-o", str(tmp_path / "b"), "--no-cache", "-q",
-                 "--tuning-log", str(Path(edgecc.__file__).parent.parent / "tuning_logs"
+                 "--tuning-log", str(Path(edgecc.__file__).parent / "tuning_logs"
                                      / "x86_64" / "digits")]) == 0
     assert Manifest.read(tmp_path / "b").variants == ()
     assert ("  note: no x86_64-avx512 build: the --tuning-log records are for x86_64 only"

@@ -12,11 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 import edgecc
 from edgecc.cli import main
 from edgecc.runtime import load, random_inputs
-from edgecc.targets import ROOT
+from edgecc.targets import DATA
 from edgecc.transfer import (DEGENERATE_PENALTY, Donor, anchor_tile_refits, canonical_buffers,
                              ranked, refit_tile, shape_distance)
 
-DIGITS_LOG = ROOT / "tuning_logs" / "x86_64" / "digits"
+DIGITS_LOG = DATA / "tuning_logs" / "x86_64" / "digits"
 
 
 def test_refit_tile_keeps_the_product_and_the_inner_factors():
@@ -180,7 +180,7 @@ def test_transfer_is_reported_by_compile(tmp_path, capsys):
 def test_other_cpu_targets_logs_are_donors_for_a_target_without_logs(tmp_path):
     """No aarch64 log is shipped: the rpi4 build borrows the x86_64 schedules (traces are
     target-independent TIR), and its outputs keep the default compile's exactness."""
-    assert not (ROOT / "tuning_logs" / "rpi4").exists()
+    assert not (DATA / "tuning_logs" / "rpi4").exists()
     model = make_conv_model(bn=False, cout=24)
     r = edgecc.compile(model, target="rpi4", output=tmp_path / "a", rule_schedule=False)
     assert r.transferred == 1 and r.manifest.arch == "aarch64"
@@ -198,7 +198,7 @@ def test_the_encoder_corpus_gives_donors_to_transformer_linears(tmp_path, monkey
     import shutil
 
     library = tmp_path / "library" / "x86_64"
-    shutil.copytree(ROOT / "tuning_logs" / "x86_64" / "encoder", library / "encoder")
+    shutil.copytree(DATA / "tuning_logs" / "x86_64" / "encoder", library / "encoder")
     monkeypatch.setenv("EDGECC_TUNING_LOGS", str(tmp_path / "library"))
     rng = np.random.default_rng(2)
     graph = helper.make_graph(

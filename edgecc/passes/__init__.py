@@ -3,6 +3,10 @@
 A pass is a small pure function ``run(mod, *, target) -> IRModule`` in a file of its own; it is
 registered here as a ``PassInfo``. A pipeline is data: a named tuple of pass names. ``apply``
 runs a pipeline one pass at a time, so any step's IR can be printed (``--print-ir-after``).
+
+An *optional* pass (``OPTIONAL = True`` in its file: an optimization the model compiles without)
+that fails is left out and the fallback reported (:mod:`.fallback`); a required pass that fails
+raises :class:`~edgecc.errors.CompileError` naming it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EdgeccError
+from ..errors import CompileError, EdgeccError
 from ..targets import Target
 from . import (
     annotate_patterns,
@@ -23,6 +27,7 @@ from . import (
     dispatch_library,
     fold_batchnorm,
     fold_constant,
+    fallback,
     fuse,
     gpu_schedule,
     layout_free,
@@ -45,10 +50,11 @@ class PassInfo:
     name: str
     description: str
     run: PassFn
+    optional: bool = False  # an optimization: the model compiles without it
 
 
 PASSES: dict[str, PassInfo] = {
-    m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run)
+    m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run, getattr(m, "OPTIONAL", False))
     for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
               convert_layout, fold_constant, dispatch_library, legalize, annotate_patterns, fuse,
               layout_free, apply_tuning, rule_schedule, transfer_tuning, cpu_schedule,
@@ -71,6 +77,12 @@ PIPELINES: dict[str, tuple[str, ...]] = {
 TUNE_AT = "apply-tuning"  # the tuner extracts tasks from the IR just before this pass
 RULE_AT = "rule-schedule"  # convs and matmuls without a record are tiled by a rule
 TRANSFER_AT = "transfer-tuning"  # kernels still without a schedule borrow a similar one's
+
+
+def required_only(names: Sequence[str]) -> tuple[str, ...]:
+    """The pipeline ``names`` without its optional passes: TVM's own lowering of the model, what
+    a compile falls back to when an optimized build fails."""
+    return tuple(n for n in names if not PASSES[n].optional)
 
 
 def tuning_prefix(names: Sequence[str]) -> tuple[str, ...]:
@@ -121,14 +133,23 @@ def check_pass_names(names: Sequence[str]) -> None:
 
 def apply(mod, names: Sequence[str], *, target: Target,
           print_ir_after: Sequence[str] = (), emit: Callable[[str], None] = print):
-    """Run the passes ``names`` in order under the target and opt_level=3."""
+    """Run the passes ``names`` in order under the target and opt_level=3. An optional pass that
+    fails is left out (reported to :func:`fallback.report`); a required one raises
+    :class:`CompileError`."""
     import tvm  # noqa: PLC0415
 
     check_pass_names(print_ir_after)
     tvm_target = target.to_tvm()
     with tvm_target, tvm.transform.PassContext(opt_level=3):
         for name in names:
-            mod = PASSES[name].run(mod, target=tvm_target)
+            try:
+                mod = PASSES[name].run(mod, target=tvm_target)
+            except EdgeccError:
+                raise
+            except Exception as e:  # noqa: BLE001  (TVM raises many types)
+                if not PASSES[name].optional:
+                    raise CompileError.from_tvm(f"pass '{name}'", e) from e
+                fallback.report(f"{name}: left out ({CompileError.describe(e)})")
             if name in print_ir_after or "all" in print_ir_after:
                 emit(f"# ---- IR after {name} ----\n{mod.script(show_meta=False)}")
     return mod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NAME = "apply-tuning"
+OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Apply the best tuned schedule per kernel from the tuning logs in effect "
                "(tuning_logs/<target>/, --tuning-log); kernels without a record keep the default.")
 

@@ -1,19 +1,43 @@
 """Convert conv2d to channels-last (NHWC activations, OHWI weights) for CPU targets.
 
+Only the region around the convolutions is converted. TVM's ``ConvertLayout`` asks every
+operator of a function how its layout follows its inputs', and several of those rules crash on
+shapes real models have (reductions of 2-D tensors, tuples, 5-D reshapes). So every call whose
+operator is not on :data:`FOLLOWERS` (ops checked to follow a 4-D layout correctly), or whose
+tensors are not 4-D, is hidden from ``ConvertLayout`` behind an opaque packed call first and put
+back afterwards: ``ConvertLayout`` then treats it as an op it knows nothing of and hands it its
+inputs in their original layout, so the transposes sit at the borders of the converted region.
+A function without a conv2d is left as it is. If ``ConvertLayout`` still fails, the function
+stays NCHW and the fallback is reported (``edgecc.passes.fallback``), never a failed compile.
+
 ONNX's Clip (ReLU6) arrives from the importer as ``call_tir`` kernels (``topi.maximum`` /
-``topi.minimum`` against a scalar), which layout conversion cannot see through: every ReLU6
-would be wrapped in a transpose back to NCHW and one forward again. Those kernels are turned
-back into ``R.maximum`` / ``R.minimum`` first, so the whole conv chain stays NHWC and the only
-transposes left are at the model's edges (its input, and before a flatten).
+``topi.minimum`` against a scalar), which layout conversion cannot see through: those kernels are
+turned back into ``R.maximum`` / ``R.minimum`` first, so the conv chain stays NHWC.
 """
 
 from __future__ import annotations
 
+from .fallback import report
+
 NAME = "convert-layout"
-DESCRIPTION = ("Convert conv2d (and the elementwise ops and pools around it) to NHWC, so kernels "
-               "vectorize over channels in both input and output; transposes only at the edges.")
+DESCRIPTION = ("Convert conv2d (and the elementwise ops, pools and concats around it) to NHWC, so "
+               "kernels vectorize over channels in both input and output; ops without a checked "
+               "layout rule keep NCHW, with transposes at the region's borders.")
+OPTIONAL = True
 
 DESIRED = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
+
+_UNARY = ("nn.relu", "sigmoid", "tanh", "exp", "clip", "nn.silu", "nn.gelu", "nn.gelu_tanh",
+          "negative", "sqrt", "rsqrt", "abs", "erf", "log", "square", "nn.leakyrelu",
+          "nn.softplus", "floor", "ceil", "round", "sin", "cos", "astype")  # clip: see below
+_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
+_POOLS = ("nn.max_pool2d", "nn.avg_pool2d", "nn.adaptive_avg_pool2d")
+_OTHERS = ("concat", "split", "mean", "max", "sum", "image.resize2d")
+# operators whose layout rule follows a 4-D NCHW -> NHWC change correctly (each checked against
+# ONNX Runtime in tests/test_layout.py); the conv itself is what is converted
+FOLLOWERS = frozenset("relax." + n for n in ("nn.conv2d", *_UNARY, *_BINARY, *_POOLS,
+                                             *_OTHERS))
+_OPAQUE = "edgecc.opaque."
 
 
 def _clamp_op(func, x_ty, c_ty):
@@ -39,18 +63,22 @@ def _clamp_op(func, x_ty, c_ty):
 
 
 def ops_from_clamp_kernels(mod):
-    """Rewrite ``call_tir`` of scalar maximum/minimum kernels into the Relax operators."""
+    """Rewrite ``call_tir`` of scalar maximum/minimum kernels into the Relax operators, and
+    ``R.clip`` (which has no layout rule in TVM) into ``R.minimum(R.maximum(x, lo), hi)``."""
     import tvm
     from tvm import relax, tirx
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
+    clip = tvm.ir.Op.get("relax.clip")
     ops: dict[str, object] = {}  # per kernel: a kernel called N times is compared once
 
     @mutator
     class Rewriter(PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
+            if call.op.same_as(clip):
+                return _clip_as_clamps(call)
             if not call.op.same_as(call_tir) or not isinstance(call.args[1], relax.Tuple):
                 return call
             args = call.args[1].fields
@@ -73,9 +101,138 @@ def ops_from_clamp_kernels(mod):
     return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 
 
+def _clip_as_clamps(call):
+    """``R.clip(x, lo, hi)`` as ``R.minimum(R.maximum(x, lo), hi)`` with constants of x's
+    dtype (the same values: clip's bounds are cast to x's dtype too)."""
+    import numpy as np
+    from tvm import relax
+
+    x, lo, hi = call.args
+    ty = x.ty
+    if not isinstance(ty, relax.TensorType) or not all(hasattr(b, "value") for b in (lo, hi)):
+        return call
+    dtype = str(ty.dtype)
+    if np.dtype(dtype).kind not in "fiu":
+        return call
+    const = lambda v: relax.const(np.array(v.value).astype(dtype), dtype)  # noqa: E731
+    return relax.op.minimum(relax.op.maximum(x, const(lo)), const(hi))
+
+
+def _tensor_ranks(expr) -> list[int]:
+    """Ranks of the tensors ``expr`` carries (a tuple's fields, -1 for a field that is not a
+    tensor); none for shapes and other non-tensor values."""
+    from tvm import relax
+
+    ty = getattr(expr, "ty", None)
+    if isinstance(ty, relax.TupleType):
+        return [f.ndim if isinstance(f, relax.TensorType) else -1 for f in ty.fields]
+    return [ty.ndim] if isinstance(ty, relax.TensorType) else []
+
+
+def follows_layout(call) -> bool:
+    """``call`` may take part in the NHWC region: its operator's layout rule is checked and
+    every tensor it takes and makes is 4-D (scalars may be broadcast)."""
+    import tvm
+
+    if not isinstance(call.op, tvm.ir.Op) or call.op.name not in FOLLOWERS:
+        return False
+    ranks = [r for a in call.args for r in _tensor_ranks(a)]
+    return all(r in (0, 4) for r in ranks) and 4 in ranks and all(
+        r == 4 for r in _tensor_ranks(call))
+
+
+def hide_non_followers(func):
+    """``func`` with every call that may not join the NHWC region replaced by an opaque
+    ``call_pure_packed("edgecc.opaque.<i>", args...)``, and the calls by index."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    hidden: list = []
+
+    @mutator
+    class Hider(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not isinstance(call.op, tvm.ir.Op) or follows_layout(call):
+                return call
+            if not call.op.name.startswith("relax.") or call.op.name.startswith(
+                    ("relax.call_", "relax.builtin", "relax.memory", "relax.vm")):
+                return call  # calls of kernels and builtins: ConvertLayout leaves them be
+            hidden.append(call)
+            return relax.op.call_pure_packed(f"{_OPAQUE}{len(hidden) - 1}", *call.args,
+                                             ty_args=[call.ty])
+
+    return Hider().visit_expr(func), hidden
+
+
+def restore_hidden(func, hidden):
+    """Undo :func:`hide_non_followers`: each opaque call becomes its original call again, on
+    the (original-layout) arguments ``ConvertLayout`` gave it."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    packed = tvm.ir.Op.get("relax.call_pure_packed")
+
+    @mutator
+    class Restorer(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not call.op.same_as(packed) or not isinstance(call.args[0], relax.ExternFunc):
+                return call
+            symbol = str(call.args[0].global_symbol)
+            if not symbol.startswith(_OPAQUE):
+                return call
+            orig = hidden[int(symbol[len(_OPAQUE):])]
+            return relax.Call(orig.op, list(call.args[1:]), orig.attrs, orig.ty_args)
+
+    return Restorer().visit_expr(func)
+
+
+def _has_conv2d(func) -> bool:
+    from tvm import relax
+
+    found = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and getattr(e.op, "name", None) == "relax.nn.conv2d":
+            found.append(e)
+
+    relax.analysis.post_order_visit(func, visit)
+    return bool(found)
+
+
+def convert_function(func, name: str):
+    """``func`` converted to NHWC around its convs, or as it was (with a fallback note) where
+    ``ConvertLayout`` fails on it."""
+    import tvm
+    from tvm import relax
+
+    if not _has_conv2d(func):
+        return func
+    hiding, hidden = hide_non_followers(func)
+    try:
+        converted = relax.transform.ConvertLayout(DESIRED)(
+            tvm.IRModule({"main": hiding}))["main"]
+    except Exception as e:  # noqa: BLE001  (a TVM layout rule failed: keep NCHW)
+        report(f"{NAME}: function '{name}' kept NCHW (TVM's ConvertLayout failed: "
+               f"{_last_line(e)})")
+        return func
+    return restore_hidden(converted, hidden)
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else type(e).__name__
+
+
 def run(mod, *, target):
     from tvm import relax
 
     mod = ops_from_clamp_kernels(mod)
-    mod = relax.transform.ConvertLayout(DESIRED)(mod)
-    return relax.transform.FoldConstant()(mod)
+    out = mod.clone()
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = convert_function(func, gv.name_hint)
+    return relax.transform.FoldConstant()(out)

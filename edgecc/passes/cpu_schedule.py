@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NAME = "cpu-schedule"
+OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Default CPU schedules for kernels that have no tuned record: dlight's GEMV and "
                "reduction rules, and parallel + vectorized loops for elementwise/layout kernels "
                "(transposes); tuned kernels are left as they are.")
@@ -17,15 +18,21 @@ def run(mod, *, target):
     from tvm import tirx
     from tvm.s_tir import dlight as dl
 
+    from .fallback import report
     from .transfer_tuning import is_scheduled
 
     # dlight updates the module it is given in place: work on a copy, keep the pass pure
     out = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod.clone())
     for gv, func in list(out.functions.items()):
-        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func) and is_elementwise(func):
-            scheduled = schedule_elementwise(func, target)
-            if scheduled is not None:
-                out[gv] = scheduled.with_attr("tirx.is_scheduled", True)
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            continue
+        try:
+            scheduled = schedule_elementwise(func, target) if is_elementwise(func) else None
+        except Exception as e:  # noqa: BLE001  (this kernel keeps its naive loops)
+            report(f"{NAME}: kernel '{gv.name_hint}' left unscheduled ({e!r:.120})")
+            continue
+        if scheduled is not None:
+            out[gv] = scheduled.with_attr("tirx.is_scheduled", True)
     return out
 
 

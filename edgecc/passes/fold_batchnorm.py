@@ -8,6 +8,7 @@ run time (DecomposeOpsForInference alone leaves four elementwise ops after every
 from __future__ import annotations
 
 NAME = "fold-batchnorm"
+OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Fold BatchNormalization into the preceding Conv's weights and bias (inference): "
                "no batch-norm arithmetic left at run time.")
 

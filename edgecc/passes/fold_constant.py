@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NAME = "fold-constant"
+OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = "Evaluate subgraphs whose inputs are all constants (weights) at compile time."
 
 

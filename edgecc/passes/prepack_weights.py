@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NAME = "prepack-weights"
+OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Split the weight layout rewrites out of tuned kernels and fold them into the "
                "baked-in weights (no layout work left at run time, no packing code shipped).")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NAME = "rule-schedule"
+OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Convolutions and matrix products without a tuned record get MetaSchedule's "
                "multi-level tiling sketch with its tiles, padding placement and unroll depth "
                "set by a rule (a register tile of output channels x rows, the reduction "
@@ -15,12 +16,18 @@ def run(mod, *, target):
     from tvm import tirx
 
     from ..rule_tiling import default_schedule, is_contraction
+    from .fallback import report
     from .transfer_tuning import is_scheduled
 
     out = mod.clone()
     for gv, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func) and is_contraction(func):
-            scheduled = default_schedule(func, target)
-            if scheduled is not None:
-                out[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(RULE, True)
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            continue
+        try:
+            scheduled = default_schedule(func, target) if is_contraction(func) else None
+        except Exception as e:  # noqa: BLE001  (this kernel keeps the default schedule)
+            report(f"{NAME}: kernel '{gv.name_hint}' left to the default schedule ({e!r:.120})")
+            continue
+        if scheduled is not None:
+            out[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(RULE, True)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NAME = "transfer-tuning"
+OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Kernels without a record of their own get the schedule tuned for the nearest "
                "kernel with the same anchor op (other shapes or epilogue), tile sizes refitted; "
                "donors are the tuning logs in effect.")
@@ -22,7 +23,13 @@ def run(mod, *, target):
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
-        found = transfer_func(func, donors, target)
+        try:
+            found = transfer_func(func, donors, target)
+        except Exception as e:  # noqa: BLE001  (this kernel keeps the default schedule)
+            from .fallback import report  # noqa: PLC0415
+
+            report(f"{NAME}: kernel '{gv.name_hint}' left to the default schedule ({e!r:.120})")
+            continue
         if found is None:
             continue
         scheduled, donor = found

@@ -112,7 +112,13 @@ const std::map<std::string, DLDataType>& Dtypes() {
       {"float32", {kDLFloat, 32, 1}}, {"float16", {kDLFloat, 16, 1}},
       {"int8", {kDLInt, 8, 1}},       {"uint8", {kDLUInt, 8, 1}},
       {"int32", {kDLInt, 32, 1}},     {"int64", {kDLInt, 64, 1}},
-      {"bool", {kDLBool, 8, 1}}};
+      {"bool", {kDLBool, 8, 1}},      {"float64", {kDLFloat, 64, 1}},
+      {"int16", {kDLInt, 16, 1}},     {"uint16", {kDLUInt, 16, 1}},
+      {"uint32", {kDLUInt, 32, 1}},   {"uint64", {kDLUInt, 64, 1}},
+      {"bfloat16", {kDLBfloat, 16, 1}},
+      {"float8_e4m3fn", {kDLFloat8_e4m3fn, 8, 1}},
+      {"float8_e5m2", {kDLFloat8_e5m2, 8, 1}},
+      {"float8_e8m0fnu", {kDLFloat8_e8m0fnu, 8, 1}}};
   return m;
 }
 
@@ -137,7 +143,7 @@ std::string StrField(const ffi::json::Object& obj, const char* key, const std::s
 }
 
 std::vector<TensorSpec> Specs(const ffi::json::Object& obj, const char* key,
-                              const std::string& src) {
+                              const std::string& src, bool dynamic = false) {
   std::vector<TensorSpec> out;
   auto arr = Field(obj, key, src).cast<ffi::json::Array>();
   for (const ffi::Any& item : arr) {
@@ -149,7 +155,9 @@ std::vector<TensorSpec> Specs(const ffi::json::Object& obj, const char* key,
       throw UserError(src + ": tensor '" + s.name + "' has unsupported dtype '" + s.dtype + "'");
     for (const ffi::Any& d : Field(t, "shape", src).cast<ffi::json::Array>()) {
       int64_t v = d.cast<int64_t>();
-      if (v < 0) throw UserError(src + ": tensor '" + s.name + "' has a negative dimension");
+      // -1: an output dim known only at run time (the output's own shape is what is written)
+      if (v < (dynamic ? -1 : 0))
+        throw UserError(src + ": tensor '" + s.name + "' has a negative dimension");
       s.shape.push_back(v);
     }
     out.push_back(std::move(s));
@@ -191,7 +199,7 @@ Manifest ReadManifest(const std::string& dir) {
   m.device = StrField(obj, "device", src);
   m.library = StrField(obj, "library", src);
   m.inputs = Specs(obj, "inputs", src);
-  m.outputs = Specs(obj, "outputs", src);
+  m.outputs = Specs(obj, "outputs", src, /*dynamic=*/true);
   if (obj.find(ffi::String("variants")) != obj.end()) {
     for (const ffi::Any& item : Field(obj, "variants", src).cast<ffi::json::Array>()) {
       auto v = item.cast<ffi::json::Object>();
@@ -207,7 +215,8 @@ Manifest ReadManifest(const std::string& dir) {
 
 std::string Describe(const TensorSpec& s) {
   std::string out = s.name + ": " + s.dtype + "[";
-  for (size_t i = 0; i < s.shape.size(); ++i) out += (i ? "," : "") + std::to_string(s.shape[i]);
+  for (size_t i = 0; i < s.shape.size(); ++i)
+    out += (i ? "," : "") + (s.shape[i] < 0 ? std::string("?") : std::to_string(s.shape[i]));
   return out + "]";
 }
 
@@ -237,9 +246,19 @@ ffi::Tensor NewTensor(const std::vector<int64_t>& shape, const std::string& dtyp
 
 const std::map<std::string, std::string>& NpyDescr() {
   static const std::map<std::string, std::string> m = {
-      {"<f4", "float32"}, {"<f2", "float16"}, {"|i1", "int8"}, {"|u1", "uint8"},
-      {"<i4", "int32"},   {"<i8", "int64"},   {"|b1", "bool"}};
+      {"<f4", "float32"}, {"<f2", "float16"}, {"|i1", "int8"},   {"|u1", "uint8"},
+      {"<i4", "int32"},   {"<i8", "int64"},   {"|b1", "bool"},   {"<f8", "float64"},
+      {"<i2", "int16"},   {"<u2", "uint16"},  {"<u4", "uint32"}, {"<u8", "uint64"},
+      // numpy has no bfloat16/float8: ml_dtypes arrays are saved as raw bytes of their size
+      {"<V2", "bfloat16"}, {"|V1", "float8_e4m3fn"}};
   return m;
+}
+
+// The dtype an .npy file of numpy type `npy` holds, for a model input declared `declared`:
+// raw 1-byte records are any float8 type.
+bool NpyHolds(const std::string& npy, const std::string& declared) {
+  if (npy == declared) return true;
+  return npy == "float8_e4m3fn" && declared.rfind("float8_", 0) == 0;
 }
 
 struct Npy {
@@ -286,21 +305,15 @@ Npy ReadNpy(const std::string& path) {
     if (item.find_first_not_of(" ") == std::string::npos) continue;
     out.shape.push_back(std::stoll(item));
   }
-  // numpy types no model takes still get their numpy name, for the dtype-mismatch message
-  static const std::map<std::string, std::string> others = {
-      {"<f8", "float64"}, {"<i2", "int16"}, {"<u2", "uint16"}, {"<u4", "uint32"},
-      {"<u8", "uint64"}};
+  if (descr == "<V1") descr = "|V1";
   auto it = NpyDescr().find(descr);
-  auto other = others.find(descr);
-  out.dtype = it != NpyDescr().end()       ? it->second
-              : other != others.end()      ? other->second
-                                           : "numpy '" + descr + "'";
+  out.dtype = it != NpyDescr().end() ? it->second : "numpy '" + descr + "'";
   out.data = raw.substr(start + hlen);
   return out;
 }
 
 void WriteNpy(const std::string& path, const ffi::Tensor& t, const std::string& dtype) {
-  std::string descr;
+  std::string descr = dtype.rfind("float8_", 0) == 0 ? "|V1" : "";
   for (const auto& kv : NpyDescr())
     if (kv.second == dtype) descr = kv.first;
   std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
@@ -435,11 +448,11 @@ std::vector<ffi::Tensor> LoadInputs(const Manifest& m, const Options& o) {
       if (npy.shape != s.shape)
         problems.push_back("input '" + s.name + "' has shape " + ShapeStr(npy.shape) +
                            ", expected " + ShapeStr(s.shape));
-      if (npy.dtype != s.dtype)
+      if (!NpyHolds(npy.dtype, s.dtype))
         problems.push_back("input '" + s.name + "' has dtype " + npy.dtype + ", expected " +
                            s.dtype);
       size_t need = ffi::GetDataSize(t);
-      if (npy.shape == s.shape && npy.dtype == s.dtype) {
+      if (npy.shape == s.shape && NpyHolds(npy.dtype, s.dtype)) {
         if (npy.data.size() < need)
           throw UserError("input file '" + it->second + "' is truncated");
         std::memcpy(t.data_ptr(), npy.data.data(), need);

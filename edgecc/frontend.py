@@ -102,6 +102,8 @@ def _onnx_inputs(model) -> list[tuple[str, list[int | str | None], str]]:
         if vi.name in init:
             continue
         tt = vi.type.tensor_type
+        if vi.type.HasField("optional_type"):  # an optional tensor: always given here
+            tt = vi.type.optional_type.elem_type.tensor_type
         dtype = _ONNX_DTYPES.get(tt.elem_type)
         if dtype is None:
             raise ModelError(f"input '{vi.name}' has an unsupported element type "
@@ -167,13 +169,16 @@ def import_onnx(model, *, raw: bytes, name: str,
     declared = _onnx_inputs(model)
     shapes = resolve_input_shapes(declared, input_shapes)
     dtypes = {n: dt for n, _, dt in declared}
+    # only the shapes the model does not declare itself (TVM's importer mishandles a declared
+    # zero-size dim passed again)
+    pinned = {n: shapes[n] for n, dims, _ in declared if tuple(dims) != shapes[n]}
     try:
-        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+        mod = from_onnx(model, shape_dict=pinned, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as e:  # the importer raises many types for model-side problems
         raise ModelError(f"TVM's ONNX importer could not convert '{name}': "
                          f"{type(e).__name__}: {_first_line(e)}") from e
     if unknown_shapes(mod):
-        mod = _import_shape_folded(model, mod, shapes=shapes, dtypes=dtypes)
+        mod = _import_shape_folded(model, mod, shapes=pinned, dtypes=dtypes)
     inputs = tuple(TensorSpec(n, shapes[n], dtypes[n]) for n, _, _ in declared)
     out_names = [o.name for o in model.graph.output]
     return ImportedModel(mod=mod, name=name, sha256=hashlib.sha256(raw).hexdigest(),

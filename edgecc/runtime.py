@@ -142,6 +142,14 @@ def aligned(a: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
     return out
 
 
+def _compact_empty(a: np.ndarray) -> np.ndarray:
+    """An empty array of ``a``'s shape and dtype with C-order strides."""
+    strides = tuple(int(np.prod(a.shape[i + 1:], dtype=np.int64)) * a.itemsize
+                    for i in range(a.ndim))
+    base = aligned(np.empty(1, a.dtype))
+    return np.lib.stride_tricks.as_strided(base, shape=a.shape, strides=strides)
+
+
 @functools.cache
 def _create_view():
     """libtvm_runtime's ``TVMTensorCreateView(tensor, shape, dtype, byte_offset)``."""
@@ -256,6 +264,8 @@ class Model:
     def _tensor(self, a: np.ndarray):
         """``a`` as a TVM tensor without a copy. DLPack has no bfloat16/float8 for numpy
         (ml_dtypes' types): those go as unsigned integers of their size, viewed as their dtype."""
+        if a.size == 0:  # numpy gives empty arrays all-zero strides; TVM checks compact ones
+            a = _compact_empty(a)
         if a.dtype.kind != "V":
             return self._ffi.from_dlpack(a)
         raw = self._ffi.from_dlpack(a.view(f"uint{a.dtype.itemsize * 8}"))

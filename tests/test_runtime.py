@@ -190,3 +190,36 @@ def test_recompiling_into_the_same_directory_loads_the_new_library(tmp_path):
         edgecc.compile(tmp_path / f"m{seed}.onnx", output=out, force=True)
         got = load(out).run(x=x)["y"]
         assert rel_err(got, ort_run(model, {"x": x})[0]) < 1e-4
+
+
+def test_running_a_model_pins_no_thread_to_a_core(tmp_path):
+    """TVM pins its worker threads to cores unless TVM_BIND_THREADS=0, which edgecc sets by
+    default (EDGECC_BIND_THREADS=1 pins): after runs, every thread of the process, the caller's
+    and TVM's workers, may still run on every CPU the process may."""
+    import os
+
+    from conftest import make_conv_model
+
+    edgecc.compile(make_conv_model(), output=tmp_path / "a", use_cache=False,
+                   isa_variants=False)
+    code = ("import os, edgecc.runtime as r\n"
+            f"m = r.load({str(tmp_path / 'a')!r})\n"
+            "for _ in range(3): m.run(r.random_inputs(m.inputs))\n"
+            "print(len(os.listdir('/proc/self/task')), sorted({next(l.split()[1] for l in "
+            "open(f'/proc/self/task/{t}/status') if l.startswith('Cpus_allowed_list')) "
+            "for t in os.listdir('/proc/self/task')}))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_BIND_THREADS",
+                                                          "EDGECC_BIND_THREADS")}
+    runs = {}
+    for bind in ("", "1"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, env={**env, "EDGECC_BIND_THREADS": bind} if bind
+                             else env)
+        assert out.returncode == 0, out.stderr
+        runs[bind] = out.stdout.split()
+    cpus = sorted(os.sched_getaffinity(0))
+    allowed = f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else str(cpus[0])
+    threads, lists = runs[""][0], " ".join(runs[""][1:])
+    assert int(threads) >= 2 and lists == f"['{allowed}']"  # the workers exist, none pinned
+    if len(cpus) > 1:  # pinned on request: some thread is bound to one core
+        assert " ".join(runs["1"][1:]) != f"['{allowed}']"

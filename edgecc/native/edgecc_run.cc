@@ -919,7 +919,13 @@ ServeOptions ParseServeArgs(int argc, char** argv) {
 
 // Without TVM_NUM_THREADS the TVM runtime uses half the logical CPUs on x86 (it assumes
 // hyper-threading). Use the physical cores this process may run on, unless the user chose.
+// Workers are not pinned to cores unless EDGECC_BIND_THREADS=1 (or TVM_BIND_THREADS) says so:
+// on a busy CPU a pinned worker waits for its one core (edgecc/_threads.py, docs/runtime.md).
 void SetDefaultThreads() {
+  if (getenv("TVM_BIND_THREADS") == nullptr) {
+    const char* bind = getenv("EDGECC_BIND_THREADS");
+    setenv("TVM_BIND_THREADS", bind != nullptr ? bind : "0", 1);
+  }
   if (getenv("TVM_NUM_THREADS") != nullptr || getenv("OMP_NUM_THREADS") != nullptr) return;
   cpu_set_t set;
   std::set<std::string> cores;

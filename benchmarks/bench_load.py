@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Latency under load: edgecc and ONNX Runtime p50/p99 on an idle CPU, beside one and two busy
+processes (pure-Python spin loops this script starts and stops), and with two threads of this
+process each running the model (what the pipeline runner does).
+
+Each cell times single runs until it has ``--runs`` of them (at most ``--seconds``), edgecc and
+ORT one after the other with a pause between them (ORT's pool spins after a run); the table
+gives the median over ``--repeats`` repeats of each cell's p50 and p99.
+
+    python3 benchmarks/bench_load.py mobilenetv2 [--artifact DIR] [--runs 2000] [--repeats 3]
+
+Thread-pool knobs are read once per process by TVM, so each setting is its own run of this
+script: ``EDGECC_BIND_THREADS=1 python3 benchmarks/bench_load.py ...`` times the old default
+(workers pinned to cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import example_onnx, machine, ort_session, table
+
+SPIN = "while True:\n    pass\n"
+LOADS = ("idle", "1 busy process", "2 busy processes", "2 threads")
+
+
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    s = sorted(times)
+    return s[len(s) // 2] * 1e3, s[min(len(s) - 1, int(len(s) * 0.99))] * 1e3
+
+
+def _time(fn, *, runs: int, seconds: float) -> list[float]:
+    for _ in range(20):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < runs and time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _two_threads(make, *, runs: int, seconds: float) -> list[float]:
+    """Two threads, each with its own runner from ``make()``, timing runs at the same time."""
+    runners = [make(), make()]
+    out: list[list[float]] = [[], []]
+    threads = [threading.Thread(target=lambda i=i: out[i].extend(
+        _time(runners[i], runs=runs // 2, seconds=seconds))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out[0] + out[1]
+
+
+def _busy(n: int) -> list[subprocess.Popen]:
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
+    time.sleep(0.5)  # let the scheduler see them
+    return procs
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="example model name (examples/zoo.py), e.g. mobilenetv2")
+    p.add_argument("--artifact", type=Path, help="an edgecc artifact of the model (default: "
+                   "compile it with the shipped logs)")
+    p.add_argument("--runs", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between runtimes")
+    args = p.parse_args(argv)
+
+    import edgecc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, onnx_path, feed = example_onnx(args.model, Path(tmp))
+        artifact = args.artifact
+        if artifact is None:
+            artifact = Path(tmp) / "art"
+            edgecc.compile(onnx_path, output=artifact)
+        makers = {
+            "edgecc": lambda: (lambda m=edgecc.load(artifact, num_threads=args.threads):
+                               m.run(feed)),
+            "ORT": lambda: (lambda s=ort_session(onnx_path, args.threads):
+                            s.run(None, feed)),
+        }
+        single = {k: make() for k, make in makers.items()}
+        cells: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for rep in range(args.repeats):
+            for load in LOADS:
+                procs = _busy({"1 busy process": 1, "2 busy processes": 2}.get(load, 0))
+                try:
+                    for name, fn in single.items():
+                        time.sleep(args.pause)
+                        times = (_two_threads(makers[name], runs=args.runs,
+                                              seconds=args.seconds) if load == "2 threads"
+                                 else _time(fn, runs=args.runs, seconds=args.seconds))
+                        cells.setdefault((load, name), []).append(_percentiles(times))
+                finally:
+                    _stop(procs)
+                print(f"repeat {rep + 1}/{args.repeats} {load}: " + ", ".join(
+                    f"{n} p50 {cells[(load, n)][-1][0]:.3f} p99 {cells[(load, n)][-1][1]:.3f}"
+                    for n in makers), file=sys.stderr, flush=True)
+
+    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
+           for k, v in cells.items()}
+    idle_p50 = med[("idle", "edgecc")][0]
+    rows = []
+    for load in LOADS:
+        e, o = med[(load, "edgecc")], med[(load, "ORT")]
+        rows.append([load, f"{e[0]:.3f}", f"{e[1]:.3f}", f"{o[0]:.3f}", f"{o[1]:.3f}",
+                     f"{e[0] / o[0]:.2f}x", f"{e[1] / o[1]:.2f}x", f"{e[1] / idle_p50:.1f}x"])
+    knobs = {k: os.environ[k] for k in ("EDGECC_BIND_THREADS", "TVM_BIND_THREADS",
+                                        "TVM_NUM_THREADS") if k in os.environ}
+    print(f"\n{args.model}, {args.threads} threads, median of {args.repeats} repeats, cells of "
+          f"{args.runs} runs (at most {args.seconds:.0f} s); {knobs}; {machine()}")
+    print(table(["load", "edgecc p50", "edgecc p99", "ORT p50", "ORT p99", "p50 vs ORT",
+                 "p99 vs ORT", "edgecc p99 / idle p50"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -226,6 +226,8 @@ def register_tune(sub) -> None:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on a device registered "
                    "with this TVM RPC tracker")
     p.add_argument("--rpc-key", help="the device key at the tracker")
+    p.add_argument("--rpc-token-file", metavar="F", help="the device's token file (what "
+                   "edgecc-run serve made on its first start; copy it from the device)")
     p.add_argument("--num-cores", type=int, help="the device's core count (default: this "
                    "machine's physical cores; over RPC: what edgecc-run serve reports, else 4)")
     p.add_argument("--keep-best", type=int, metavar="N", help="afterwards, keep only the N "
@@ -252,7 +254,8 @@ def drive_tune(args) -> int:
 
     rpc = None
     if args.rpc_tracker or args.rpc_key:
-        rpc = RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "")
+        rpc = RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "",
+                                token_file=args.rpc_token_file)
     budget = parse_duration(args.time_budget) if args.time_budget else None
     select = args.select_in_model
     if select is not None:
@@ -422,13 +425,16 @@ def _rpc_settings(args):
     from .tune import RPCSettings  # noqa: PLC0415
 
     return RPCSettings.parse(args.rpc_tracker or "", args.rpc_key or "",
-                             session_timeout_s=args.rpc_session_timeout)
+                             session_timeout_s=args.rpc_session_timeout,
+                             token_file=args.rpc_token_file)
 
 
 def _add_rpc_args(p, what: str) -> None:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help=f"{what} on a device registered at "
                    "this TVM RPC tracker (edgecc-run serve or python -m tvm.exec.rpc_server)")
     p.add_argument("--rpc-key", help="the device key at the tracker")
+    p.add_argument("--rpc-token-file", metavar="F", help="the device's token file (what "
+                   "edgecc-run serve made on its first start; copy it from the device)")
     p.add_argument("--rpc-session-timeout", type=int, default=120, metavar="S",
                    help="end the device session after S seconds (default 120)")
 
@@ -699,6 +705,8 @@ def register_pipeline(sub) -> None:
     r.add_argument("pipeline", type=Path, help="directory written by 'edgecc partition'")
     r.add_argument("--devices", required=True, metavar="HOST:PORT:KEY1,KEY2,...",
                    help="tracker and one device key per stage, or 'local' (this process)")
+    r.add_argument("--rpc-token-file", metavar="F", help="the devices' token file (edgecc-run "
+                   "serve --token-file F on each of them)")
     r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="items for a model input: an array (N, *shape) or one of the input's "
                    "shape; repeat per input")
@@ -758,7 +766,7 @@ def drive_pipeline_run(args) -> int:
 
     pipe = Pipeline.read(args.pipeline)
     items = _pipeline_items(pipe, args)
-    devices = Devices.parse(args.devices)
+    devices = Devices.parse(args.devices, token_file=args.rpc_token_file)
     run = run_pipeline(args.pipeline, items, devices=devices, stage_timeout_s=args.stage_timeout)
     for k in range(len(pipe.stages)):
         print(f"stage {k} on {devices.describe(k)}")

@@ -278,8 +278,9 @@ def _lower_and_build(mod, pass_names, tgt: Target, out_dir: Path, *, logs, cross
     plain = passes.required_only(pass_names)
     if tuple(plain) == tuple(pass_names):
         raise CompileError(failure)
+    left_out = dict.fromkeys(n for n in pass_names if n not in plain)  # once each, in order
     fallback.report(f"the optimized build failed ({failure}); built with the required passes "
-                    f"only ({', '.join(n for n in pass_names if n not in plain)} left out)")
+                    f"only ({', '.join(left_out)} left out)")
     with stage(f"passes{label} (plain)", timed):
         lowered, kernels = _run_passes(mod, plain, tgt, logs=[], cross_logs=[],
                                        print_ir_after=(), emit_ir=emit_ir)

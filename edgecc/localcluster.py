@@ -83,13 +83,15 @@ def python_server(key: str, tracker_port: int):
              "--silent"], dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def native_server(arch: str, *, threads: int = 1):
-    """``edgecc-run serve`` for ``arch`` (aarch64 runs under qemu-aarch64)."""
+def native_server(arch: str, *, threads: int = 1, extra: tuple[str, ...] = ("--no-token",)):
+    """``edgecc-run serve`` for ``arch`` (aarch64 runs under qemu-aarch64), with ``extra``
+    options: by default ``--no-token`` (these clusters listen on 127.0.0.1 only; pass
+    ``("--token-file", F)`` for a server that asks clients for its token)."""
     from .native import server_command
 
     def make(key: str, tracker_port: int):
         return server_command(arch, tracker=f"{HOST}:{tracker_port}", key=key, host=HOST,
-                              port=0, threads=threads, log=lambda _m: None)
+                              port=0, threads=threads, extra=extra, log=lambda _m: None)
     return make
 
 

@@ -155,7 +155,8 @@ def _this_arch() -> str:
 
 
 def server_command(arch: str, *, tracker: str, key: str, host: str = "127.0.0.1", port: int = 0,
-                   threads: int | None = None, log=print) -> tuple[list[str], dict[str, str]]:
+                   threads: int | None = None, extra: tuple[str, ...] = (), log=print
+                   ) -> tuple[list[str], dict[str, str]]:
     """argv and environment that start ``edgecc-run serve`` for ``arch`` on this machine: natively,
     or under ``qemu-aarch64`` for an aarch64 server on an x86 host (an emulated ARM board)."""
     binary = build_loader(arch, log=log)
@@ -165,6 +166,7 @@ def server_command(arch: str, *, tracker: str, key: str, host: str = "127.0.0.1"
             "--port", str(port)]
     if threads:
         args += ["--threads", str(threads)]
+    args += list(extra)
     if arch == _this_arch():
         env["LD_LIBRARY_PATH"] = ":".join([*sorted(libdir), env.get("LD_LIBRARY_PATH", "")])
         return args, env

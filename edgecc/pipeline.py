@@ -18,7 +18,7 @@ import statistics
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +40,11 @@ class Devices:
     tracker_host: str | None
     tracker_port: int | None
     keys: tuple[str, ...]
+    token: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, text: str) -> Devices:
-        """``local``, or ``HOST:PORT:key1,key2,...``."""
+    def parse(cls, text: str, *, token_file=None) -> Devices:
+        """``local``, or ``HOST:PORT:key1,key2,...``; ``token_file``: the devices' token."""
         if text == "local":
             return cls(None, None, ())
         host, sep, rest = text.rpartition(":")
@@ -51,12 +52,15 @@ class Devices:
         if not sep or not sep2 or not port.isdigit() or not rest:
             raise InputError(f"bad --devices {text!r}: expected HOST:PORT:KEY1,KEY2,... or 'local'")
         keys = tuple(k for k in rest.split(",") if k)
-        return cls(port_host, int(port), keys)
+        from .tune import read_token  # noqa: PLC0415
+
+        return cls(port_host, int(port), keys, read_token(token_file) if token_file else None)
 
     def for_stage(self, index: int) -> RPCSettings | None:
         if self.tracker_host is None:
             return None
-        return RPCSettings(self.tracker_host, self.tracker_port, self.keys[index])
+        return RPCSettings(self.tracker_host, self.tracker_port, self.keys[index],
+                           token=self.token)
 
     def describe(self, index: int) -> str:
         s = self.for_stage(index)

@@ -105,13 +105,51 @@ def _session(settings: RPCSettings):
     from tvm import rpc  # noqa: PLC0415
 
     wait_for_free_device(settings)
-    tracker = rpc.connect_tracker(settings.tracker_host, settings.tracker_port)
     try:
-        return tracker.request(settings.key, priority=1,
-                               session_timeout=settings.session_timeout_s, max_retry=2)
+        return request_session(settings.tracker_host, settings.tracker_port, settings.key,
+                               session_timeout_s=settings.session_timeout_s,
+                               token=settings.token)
     except (RuntimeError, OSError) as e:
         raise RemoteError(f"no session with a {settings.key!r} device at "
                           f"{settings.tracker_host}:{settings.tracker_port}: {e}") from None
+
+
+def request_session(tracker_host: str, tracker_port: int, key: str, *,
+                    session_timeout_s: float, token: str | None, max_retry: int = 2):
+    """A session with a ``key`` device through the tracker, presenting ``token`` to the server
+    (``edgecc-run serve`` refuses sessions without its token). TVM's ``TrackerSession.request``
+    connects with the tracker's match key alone, so with a token the request is made here: the
+    same two messages, then ``rpc.connect`` with ``<matchkey> -token=<token>`` as the key."""
+    from tvm import rpc  # noqa: PLC0415
+    from tvm.rpc import base  # noqa: PLC0415
+
+    tracker = rpc.connect_tracker(tracker_host, tracker_port)
+    if not token:
+        return tracker.request(key, priority=1, session_timeout=session_timeout_s,
+                               max_retry=max_retry)
+    last: Exception | None = None
+    for _ in range(max_retry):
+        try:
+            if tracker._sock is None:  # noqa: SLF001  (TVM's client keeps its socket here)
+                tracker._connect()  # noqa: SLF001
+            base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, key, "", 1])  # noqa: SLF001
+            value = base.recvjson(tracker._sock)  # noqa: SLF001
+            if value[0] != base.TrackerCode.SUCCESS:
+                raise RuntimeError(f"the tracker answered {value!s}")
+            url, port, matchkey = value[1]
+            return rpc.connect(url, port, f"{matchkey} -token={token}", session_timeout_s)
+        except (OSError, RuntimeError) as e:
+            last = e
+            tracker.close()
+    raise RuntimeError(f"cannot get a session for {key!r} from the tracker: "
+                       f"{type(last).__name__}: {last}")
+
+
+def session_for_config(rpc_config, *, token: str):
+    """MetaSchedule's ``f_create_session`` with a token (runs in its measurement workers)."""
+    return request_session(rpc_config.tracker_host, rpc_config.tracker_port,
+                           rpc_config.tracker_key, session_timeout_s=rpc_config.session_timeout_sec,
+                           token=token)
 
 
 def device_info(sess) -> dict | None:

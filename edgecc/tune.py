@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -46,9 +46,12 @@ class RPCSettings:
     key: str
     session_timeout_s: int = 120
     wait_s: float = 15.0  # how long to wait for a busy device to become free
+    # the device's shared secret (edgecc-run serve's token file); never printed
+    token: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, tracker: str, key: str, *, session_timeout_s: int = 120) -> RPCSettings:
+    def parse(cls, tracker: str, key: str, *, session_timeout_s: int = 120,
+              token_file: str | Path | None = None) -> RPCSettings:
         host, sep, port = tracker.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise EdgeccError(f"bad --rpc-tracker {tracker!r}: expected HOST:PORT")
@@ -56,7 +59,20 @@ class RPCSettings:
             raise EdgeccError("--rpc-tracker needs --rpc-key (the device key)")
         if session_timeout_s < 1:
             raise EdgeccError("the RPC session timeout must be at least 1 s")
-        return cls(host, int(port), key, session_timeout_s)
+        return cls(host, int(port), key, session_timeout_s,
+                   token=read_token(token_file) if token_file else None)
+
+
+def read_token(path: str | Path) -> str:
+    """The token in an ``edgecc-run serve`` token file (its first line)."""
+    try:
+        token = Path(path).read_text().split("\n", 1)[0].strip()
+    except OSError as e:
+        raise EdgeccError(f"cannot read the RPC token file '{path}': {e.strerror}") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise EdgeccError(f"RPC token file '{path}' does not hold a token (16+ characters, "
+                          "no spaces)")
+    return token
 
 
 @dataclass
@@ -432,7 +448,15 @@ def _runner(ms, rpc: RPCSettings | None, *, measured: str):
         return ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator)
     config = ms.runner.RPCConfig(tracker_host=rpc.tracker_host, tracker_port=rpc.tracker_port,
                                  tracker_key=rpc.key, session_timeout_sec=rpc.session_timeout_s)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+    create = None
+    if rpc.token:  # MetaSchedule's own session request cannot present a token
+        import functools  # noqa: PLC0415
+
+        from .remote import session_for_config  # noqa: PLC0415
+
+        create = functools.partial(session_for_config, token=rpc.token)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
+                               f_create_session=create)
 
 
 def _install_sigint(stop: SimpleNamespace, log: Progress):

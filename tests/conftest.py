@@ -14,8 +14,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own compile cache, never the user's."""
+    """Every test gets its own compile cache and config directory (edgecc-run serve's default
+    token file), never the user's."""
     monkeypatch.setenv("EDGECC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
 
 
 def make_conv_model(*, batch: int | str = 1, bn: bool = True, cout: int = 8,

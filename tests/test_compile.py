@@ -19,7 +19,8 @@ def test_compile_writes_library_and_manifest_and_matches_ort(tmp_path, conv_onnx
     r = edgecc.compile(conv_onnx, target="x86_64", output=tmp_path / "out",
                        on_stage=lambda name, s: stages.append(name))
     assert not r.cached
-    assert stages == ["cache-lookup", "import", "passes", "build", "build x86_64-avx512",
+    assert stages == ["cache-lookup", "import", "passes", "build", "passes x86_64-avx512",
+                      "build x86_64-avx512",
                       "export"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "model.json", "model.so", "model.x86_64-avx512.so"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,79 @@ def test_emulated_arm_board_runs_and_tunes_over_rpc(conv_artifacts, tmp_path, ca
                      str(tmp_path / "chain.onnx")]) == 0
         out = capsys.readouterr().out
         assert f"stage 1 on 'rpi4-emu' at {c.tracker}" in out and ": OK" in out
+
+
+def test_serve_refuses_escaping_names_and_oversized_uploads_and_keeps_serving(conv_artifacts):
+    """Upload and load names are relative to the session's work directory (no absolute path, no
+    '..'); an upload over --max-upload-mb is refused with a named error; the server serves the
+    next session as before."""
+    _, d = conv_artifacts
+    with device_cluster({"capped": native_server("x86_64", extra=("--max-upload-mb", "1",
+                                                                   "--no-token"))}
+                        ) as cluster:
+        settings = RPCSettings(HOST, cluster.port, "capped")
+        sess = _session(settings)
+        for name in ("../escape.so", "/tmp/edgecc-abs.so", "a/../../b.so"):
+            with pytest.raises(Exception, match=f"edgecc-run serve refuses the file name "
+                                                f"'{name}': names are relative to the "
+                                                "session's work directory"):
+                sess.upload(bytearray(b"x"), name)
+        with pytest.raises(Exception, match="edgecc-run serve refuses the upload 'big.bin': 2 "
+                                            "MiB, over its --max-upload-mb 1"):
+            sess.upload(bytearray(2 << 20), "big.bin")
+        with pytest.raises(Exception, match="refuses the file name '../model.so'"):
+            sess.load_module("../model.so")
+        sess.upload(bytearray(b"small"), "ok.bin")  # a name inside the work directory is fine
+        del sess
+        assert not any(p.name.startswith("edgecc-abs") for p in Path("/tmp").iterdir())
+        out = run_remote(d / "x86_64", settings, {"x": _x()})  # the server keeps serving
+        assert rel_err(out.outputs["y"], ort_run(make_conv_model(), {"x": _x()})[0]) <= 1e-4
+        assert cluster.servers["capped"].poll() is None
+
+
+def test_a_server_with_a_token_refuses_sessions_without_it(conv_artifacts, tmp_path, capsys):
+    """First start makes the token file and prints the token once; a client with the token file
+    runs (API and CLI); no token or a wrong one is refused, the server keeps serving."""
+    from edgecc.native import server_command
+
+    _, d = conv_artifacts
+    token_file = tmp_path / "cfg" / "serve-token"
+    with device_cluster({"locked": native_server("x86_64", extra=("--token-file",
+                                                                  str(token_file)))}) as cluster:
+        token = token_file.read_text().strip()
+        assert len(token) == 32 and (token_file.stat().st_mode & 0o777) == 0o600
+        good = RPCSettings.parse(f"{HOST}:{cluster.port}", "locked", token_file=token_file)
+        assert token not in repr(good)
+        out = run_remote(d / "x86_64", good, {"x": _x()})
+        assert rel_err(out.outputs["y"], ort_run(make_conv_model(), {"x": _x()})[0]) <= 1e-4
+        wrong = tmp_path / "wrong"
+        wrong.write_text("0" * 32 + "\n")
+        for settings in (RPCSettings(HOST, cluster.port, "locked", wait_s=2),
+                         RPCSettings.parse(f"{HOST}:{cluster.port}", "locked",
+                                           token_file=wrong)):
+            with pytest.raises(RemoteError, match="no session with a 'locked' device"):
+                _session(settings)
+        np.save(tmp_path / "x.npy", _x())
+        assert main(["run", str(d / "x86_64"), "--rpc-tracker", f"{HOST}:{cluster.port}",
+                     "--rpc-key", "locked", "--rpc-token-file", str(token_file),
+                     "--input", f"x={tmp_path / 'x.npy'}"]) == 0
+        assert cluster.servers["locked"].poll() is None
+    # the token is printed on the first start only; a second start reads the file
+    argv, env = server_command("x86_64", tracker=f"{HOST}:{free_port()}", key="k",
+                               extra=("--token-file", str(token_file)), log=lambda _m: None)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert token not in proc.stdout and proc.returncode == 1  # (no tracker: exits)
+
+
+def test_no_token_on_an_address_that_is_not_loopback_warns():
+    """The warning comes before the server listens (here it never does: the address is not
+    one, so nothing is bound beyond loopback)."""
+    from edgecc.native import server_command
+
+    argv, env = server_command("x86_64", tracker=f"{HOST}:{free_port()}", key="k",
+                               host="all-interfaces", extra=("--no-token",), log=lambda _m: None)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stderr.split("\n")[:2] == [
+        "[edgecc-run serve] warning: --no-token on all-interfaces: anyone who can reach this "
+        "port can run code on this device",
+        "error: --host must be an IPv4 address, got 'all-interfaces'"]

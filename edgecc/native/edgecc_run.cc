@@ -75,7 +75,8 @@ const char* kUsage =
     "                         AVX-512 build too); default: the best this CPU can run\n"
     "\n"
     "usage: edgecc-run serve --tracker HOST:PORT --key KEY [--host ADDR] [--port P]\n"
-    "                        [--session-timeout S] [--threads N]\n"
+    "                        [--session-timeout S] [--threads N] [--max-upload-mb M]\n"
+    "                        [--token-file F | --no-token]\n"
     "\n"
     "Serve this device over TVM RPC: register with the tracker under KEY and run the sessions\n"
     "hosts open (upload, load, run, time), one at a time, each in a fresh work directory.\n"
@@ -83,7 +84,13 @@ const char* kUsage =
     "  --key KEY              device key clients ask the tracker for (e.g. rpi4)\n"
     "  --host ADDR            address to listen on (default 0.0.0.0)\n"
     "  --port P               port to listen on (default 9090; 0 picks a free one)\n"
-    "  --session-timeout S    end a session after S seconds (default: the client's, else none)\n";
+    "  --session-timeout S    end a session after S seconds (default: the client's, else none)\n"
+    "  --max-upload-mb M      refuse an upload over M MiB, or one that takes a session's work\n"
+    "                         directory over 4 x M MiB (default 256)\n"
+    "  --token-file F         the device's shared secret (made on first start and printed once;\n"
+    "                         default $XDG_CONFIG_HOME/edgecc/serve-token): a session that does\n"
+    "                         not present it is refused (clients: --rpc-token-file F)\n"
+    "  --no-token             accept any client (anyone who reaches the port runs code here)\n";
 
 struct UserError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -555,9 +562,84 @@ struct ServeOptions {
   std::string tracker_host, key, host = "0.0.0.0";
   int tracker_port = 0, port = 9090;
   double session_timeout = 0;
+  int64_t max_upload_mb = 256;
+  std::string token_file;
+  bool no_token = false;
 };
 
+std::string DefaultTokenPath() {
+  const char* xdg = getenv("XDG_CONFIG_HOME");
+  const char* home = getenv("HOME");
+  std::string base = xdg && *xdg ? xdg : std::string(home ? home : "/tmp") + "/.config";
+  return base + "/edgecc/serve-token";
+}
+
+// The device's token: read from the token file, or made (128 random bits, hex) and written
+// there (mode 0600) on first start, and printed once.
+std::string LoadOrCreateToken(const ServeOptions& o) {
+  std::string path = o.token_file.empty() ? DefaultTokenPath() : o.token_file;
+  std::ifstream in(path);
+  if (in) {
+    std::string token;
+    std::getline(in, token);
+    token.erase(token.find_last_not_of(" \t\r\n") + 1);
+    if (token.size() < 16 || token.find_first_of(" \t") != std::string::npos)
+      throw UserError("token file '" + path + "' does not hold a token (16+ characters, no spaces)");
+    return token;
+  }
+  unsigned char bytes[16];
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  if (!urandom.read(reinterpret_cast<char*>(bytes), sizeof(bytes)))
+    throw UserError("cannot read /dev/urandom to make a token");
+  static const char* hex = "0123456789abcdef";
+  std::string token;
+  for (unsigned char b : bytes) token += {hex[b >> 4], hex[b & 15]};
+  std::string dir = path.substr(0, path.rfind('/'));
+  if (!dir.empty() && std::system(("mkdir -p '" + dir + "'").c_str()) != 0)
+    throw UserError("cannot create the directory of token file '" + path + "'");
+  mode_t old = umask(077);
+  std::ofstream out(path);
+  out << token << "\n";
+  umask(old);
+  if (!out) throw UserError("cannot write token file '" + path + "'");
+  std::printf("edgecc-run serve: made this device's token in %s: %s\n"
+              "  (clients pass the file with --rpc-token-file; it is not printed again)\n",
+              path.c_str(), token.c_str());
+  return token;
+}
+
+bool SameToken(const std::string& a, const std::string& b) {  // constant time for equal sizes
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
 std::string g_workdir;  // the running session's work directory (set in the session's child)
+int64_t g_max_upload = int64_t(256) << 20;  // bytes: one upload; the work directory holds 4x
+
+// `name` inside the session's work directory: a client names files relative to it, never an
+// absolute path or one that climbs out of it with "..". "" is the directory itself (MetaSchedule's
+// runner cleans up with remove("")).
+std::string WorkPath(const std::string& name) {
+  bool climbs = name == ".." || name.rfind("../", 0) == 0 || name.find("/../") != std::string::npos ||
+                (name.size() >= 3 && name.compare(name.size() - 3, 3, "/..") == 0);
+  if ((!name.empty() && name[0] == '/') || climbs)
+    TVM_FFI_THROW(ValueError) << "edgecc-run serve refuses the file name '" << name
+                              << "': names are relative to the session's work directory, "
+                              << "without '..'";
+  return g_workdir + "/" + name;
+}
+
+int64_t DirBytes(const std::string& dir) {
+  int64_t total = 0;
+  std::string cmd = "du -sb '" + dir + "' 2>/dev/null";
+  if (FILE* f = popen(cmd.c_str(), "r")) {
+    if (std::fscanf(f, "%ld", &total) != 1) total = 0;
+    pclose(f);
+  }
+  return total;
+}
 
 void SendAll(int fd, const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
@@ -717,13 +799,39 @@ void RegisterServerFunctions() {
   ffi::Function::SetGlobal(
       "tvm.rpc.server.workpath",
       ffi::Function::FromTyped([](ffi::String name) -> ffi::String {
-        return ffi::String(g_workdir + "/" + std::string(name));
+        return ffi::String(WorkPath(std::string(name)));
       }),
       true);
   ffi::Function::SetGlobal(
       "tvm.rpc.server.load_module",
       ffi::Function::FromTyped([](ffi::String name) -> ffi::Module {
-        return ffi::Module::LoadFromFile(ffi::String(g_workdir + "/" + std::string(name)));
+        return ffi::Module::LoadFromFile(ffi::String(WorkPath(std::string(name))));
+      }),
+      true);
+  // the runtime's own upload writes wherever workpath says, any size: checked here instead
+  ffi::Function::SetGlobal(
+      "tvm.rpc.server.upload",
+      ffi::Function::FromTyped([](ffi::String name, ffi::Bytes data) {
+        if (std::string(name).empty())
+          TVM_FFI_THROW(ValueError) << "edgecc-run serve refuses an upload without a file name";
+        std::string path = WorkPath(std::string(name));
+        const int64_t mib = 1 << 20, size = static_cast<int64_t>(data.size());
+        if (size > g_max_upload)
+          TVM_FFI_THROW(ValueError) << "edgecc-run serve refuses the upload '" << name << "': "
+                                    << size / mib << " MiB, over its --max-upload-mb "
+                                    << g_max_upload / mib;
+        if (DirBytes(g_workdir) + size > 4 * g_max_upload)
+          TVM_FFI_THROW(ValueError) << "edgecc-run serve refuses the upload '" << name
+                                    << "': the session's work directory would exceed "
+                                    << 4 * g_max_upload / mib << " MiB (4 x --max-upload-mb)";
+        std::string part = path + ".part";
+        {
+          std::ofstream f(part, std::ios::binary);
+          f.write(data.data(), static_cast<std::streamsize>(data.size()));
+          if (!f) TVM_FFI_THROW(IOError) << "edgecc-run serve could not write '" << name << "'";
+        }
+        if (std::rename(part.c_str(), path.c_str()) != 0)
+          TVM_FFI_THROW(IOError) << "edgecc-run serve could not write '" << name << "'";
       }),
       true);
   // MetaSchedule's runner fills candidate inputs with this (libtvm_runtime_extra has it; a device
@@ -791,6 +899,13 @@ void ServeSession(int conn, double timeout_s) {
 
 int Serve(const ServeOptions& o) {
   std::signal(SIGPIPE, SIG_IGN);
+  g_max_upload = o.max_upload_mb << 20;
+  if (o.no_token && !o.token_file.empty())
+    throw UserError("--no-token and --token-file exclude each other");
+  std::string token = o.no_token ? "" : LoadOrCreateToken(o);
+  if (o.no_token && o.host.rfind("127.", 0) != 0)
+    std::fprintf(stderr, "[edgecc-run serve] warning: --no-token on %s: anyone who can reach "
+                 "this port can run code on this device\n", o.host.c_str());
   RegisterServerFunctions();
   int lfd = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
@@ -854,9 +969,20 @@ int Serve(const ServeOptions& o) {
             close(c);
             continue;
           }
-          while (words >> opt)
+          std::string presented;
+          while (words >> opt) {
             if (opt.rfind("-timeout=", 0) == 0 && o.session_timeout <= 0)
               timeout = std::atof(opt.c_str() + 9);
+            if (opt.rfind("-token=", 0) == 0) presented = opt.substr(7);
+          }
+          if (!o.no_token && !SameToken(presented, token)) {
+            std::fprintf(stderr, "[edgecc-run serve] refused a session: %s token\n",
+                         presented.empty() ? "no" : "wrong");
+            SendInt(c, kCodeMismatch);
+            close(c);
+            tracker.Put();  // the tracker handed our key to that client: offer it again
+            continue;
+          }
           std::string server_key = "server:" + o.key;
           SendInt(c, kCodeSuccess);
           SendInt(c, static_cast<int32_t>(server_key.size()));
@@ -907,6 +1033,12 @@ ServeOptions ParseServeArgs(int argc, char** argv) {
       o.session_timeout = ParseInt(a, next(), 1);
     } else if (a == "--threads") {
       setenv("TVM_NUM_THREADS", std::to_string(ParseInt(a, next(), 1)).c_str(), 1);
+    } else if (a == "--max-upload-mb") {
+      o.max_upload_mb = ParseInt(a, next(), 1);
+    } else if (a == "--token-file") {
+      o.token_file = next();
+    } else if (a == "--no-token") {
+      o.no_token = true;
     } else {
       throw UserError("unknown option '" + a + "' for serve (see --help)");
     }

@@ -37,8 +37,9 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
     return s[len(s) // 2] * 1e3, s[min(len(s) - 1, int(len(s) * 0.99))] * 1e3
 
 
-def _time(fn, *, runs: int, seconds: float) -> list[float]:
-    for _ in range(20):
+def _time(fn, *, runs: int, seconds: float, settle: float = 0.0) -> list[float]:
+    start = time.perf_counter()
+    while time.perf_counter() - start < settle or time.perf_counter() - start < 0.01:
         fn()
     times, start = [], time.perf_counter()
     while len(times) < runs and time.perf_counter() - start < seconds:
@@ -48,12 +49,12 @@ def _time(fn, *, runs: int, seconds: float) -> list[float]:
     return times
 
 
-def _two_threads(make, *, runs: int, seconds: float) -> list[float]:
+def _two_threads(make, *, runs: int, seconds: float, settle: float) -> list[float]:
     """Two threads, each with its own runner from ``make()``, timing runs at the same time."""
     runners = [make(), make()]
     out: list[list[float]] = [[], []]
     threads = [threading.Thread(target=lambda i=i: out[i].extend(
-        _time(runners[i], runs=runs // 2, seconds=seconds))) for i in range(2)]
+        _time(runners[i], runs=runs // 2, seconds=seconds, settle=settle))) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pause", type=float, default=1.0, help="seconds between runtimes")
+    p.add_argument("--settle", type=float, default=2.5, help="untimed seconds of runs at the "
+                   "start of each cell (edgecc's thread guard follows a change of load within "
+                   "2 s; ORT gets the same)")
     args = p.parse_args(argv)
 
     import edgecc
@@ -108,8 +112,10 @@ def main(argv=None) -> int:
                     for name, fn in single.items():
                         time.sleep(args.pause)
                         times = (_two_threads(makers[name], runs=args.runs,
-                                              seconds=args.seconds) if load == "2 threads"
-                                 else _time(fn, runs=args.runs, seconds=args.seconds))
+                                              seconds=args.seconds, settle=args.settle)
+                                 if load == "2 threads" else
+                                 _time(fn, runs=args.runs, seconds=args.seconds,
+                                       settle=args.settle))
                         cells.setdefault((load, name), []).append(_percentiles(times))
                 finally:
                     _stop(procs)
@@ -125,8 +131,9 @@ def main(argv=None) -> int:
         e, o = med[(load, "edgecc")], med[(load, "ORT")]
         rows.append([load, f"{e[0]:.3f}", f"{e[1]:.3f}", f"{o[0]:.3f}", f"{o[1]:.3f}",
                      f"{e[0] / o[0]:.2f}x", f"{e[1] / o[1]:.2f}x", f"{e[1] / idle_p50:.1f}x"])
-    knobs = {k: os.environ[k] for k in ("EDGECC_BIND_THREADS", "TVM_BIND_THREADS",
-                                        "TVM_NUM_THREADS") if k in os.environ}
+    knobs = {k: os.environ[k] for k in ("EDGECC_ADAPTIVE_THREADS", "EDGECC_BIND_THREADS",
+                                        "TVM_BIND_THREADS", "TVM_NUM_THREADS")
+             if k in os.environ}
     print(f"\n{args.model}, {args.threads} threads, median of {args.repeats} repeats, cells of "
           f"{args.runs} runs (at most {args.seconds:.0f} s); {knobs}; {machine()}")
     print(table(["load", "edgecc p50", "edgecc p99", "ORT p50", "ORT p99", "p50 vs ORT",

@@ -16,6 +16,7 @@ import platform
 import statistics
 import struct
 import sys
+import time
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ._loadguard import ThreadGuard
 from .errors import ArtifactError, InputError
 from .manifest import Manifest, TensorSpec
 
@@ -226,6 +228,13 @@ class Model:
         self._vm["vm_initialization"](self._dev_type, 0, _POOLED_ALLOCATOR,
                                       _KDL_CPU, 0, _POOLED_ALLOCATOR)
         self._main = self._vm["main"]
+        # the thread count follows the load unless EDGECC_ADAPTIVE_THREADS=0 (CPU artifacts)
+        full = int(os.environ.get("TVM_NUM_THREADS") or 0)
+        self._guard = (ThreadGuard(full) if full > 1 and manifest.device == "cpu"
+                       and os.environ.get("EDGECC_ADAPTIVE_THREADS", "1") != "0" else None)
+        self._threads = full
+        self._config_threads = (tvm_ffi.get_global_func("runtime.config_threadpool")
+                                if self._guard is not None else None)
         # run()'s fast path: (name, shape, numpy dtype) of each input, compared as they are;
         # anything else goes through check_inputs, which says what is wrong.
         self._expected = tuple((s.name, s.shape, _numpy_dtype(s.dtype)) for s in manifest.inputs)
@@ -292,7 +301,19 @@ class Model:
     def run(self, inputs: Mapping[str, Any] | None = None, /, **named: Any) -> dict[str, np.ndarray]:
         """Run once; inputs by name (a mapping or keywords). Returns outputs by name."""
         feed = dict(inputs or {}, **named)
-        result = self._main(*self._args(feed))
+        args = self._args(feed)
+        guard = self._guard
+        if guard is None:
+            result = self._main(*args)
+        else:  # one thread while the CPU is busy (edgecc/_loadguard.py)
+            start = time.perf_counter()
+            threads = guard.threads(start)
+            if threads != self._threads:
+                self._config_threads(1, threads)
+                self._threads = threads
+            result = self._main(*args)
+            end = time.perf_counter()
+            guard.record(threads, end - start, end)
         leaves = list(result) if isinstance(result, self._sequence) else [result]
         if len(leaves) != len(self.manifest.outputs):
             raise ArtifactError(f"the library returned {len(leaves)} outputs, the manifest "

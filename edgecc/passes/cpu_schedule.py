@@ -15,22 +15,15 @@ MAX_VECTORIZE_EXTENT = 64
 
 
 def run(mod, *, target):
-    from tvm import tirx
     from tvm.s_tir import dlight as dl
 
-    from .fallback import report
-    from .transfer_tuning import is_scheduled
+    from .fallback import try_kernel, unscheduled_kernels
 
     # dlight updates the module it is given in place: work on a copy, keep the pass pure
     out = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod.clone())
-    for gv, func in list(out.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
-            continue
-        try:
-            scheduled = schedule_elementwise(func, target) if is_elementwise(func) else None
-        except Exception as e:  # noqa: BLE001  (this kernel keeps its naive loops)
-            report(f"{NAME}: kernel '{gv.name_hint}' left unscheduled ({e!r:.120})")
-            continue
+    for gv, func in unscheduled_kernels(out):
+        scheduled = try_kernel(NAME, gv, lambda f=func: schedule_elementwise(f, target)
+                               if is_elementwise(f) else None, left="left unscheduled")
         if scheduled is not None:
             out[gv] = scheduled.with_attr("tirx.is_scheduled", True)
     return out

@@ -29,3 +29,23 @@ def collecting() -> Iterator[list[str]]:
         yield notes
     finally:
         _NOTES.reset(token)
+
+
+def unscheduled_kernels(mod):
+    """(GlobalVar, PrimFunc) of every kernel of ``mod`` that has no schedule yet."""
+    from tvm import tirx  # noqa: PLC0415
+
+    from .transfer_tuning import is_scheduled  # noqa: PLC0415
+
+    return [(gv, f) for gv, f in mod.functions.items()
+            if isinstance(f, tirx.PrimFunc) and not is_scheduled(f)]
+
+
+def try_kernel(pass_name: str, gv, schedule, *, left: str):
+    """``schedule()`` for kernel ``gv``; if it raises, None and a report that the kernel is
+    ``left`` (e.g. "left unscheduled"): one kernel that fails never fails its pass."""
+    try:
+        return schedule()
+    except Exception as e:  # noqa: BLE001  (TVM's schedule errors have many types)
+        report(f"{pass_name}: kernel '{gv.name_hint}' {left} ({e!r:.120})")
+        return None

@@ -13,21 +13,14 @@ RULE = "edgecc.rule_tiled"  # PrimFunc attribute: scheduled by the rule
 
 
 def run(mod, *, target):
-    from tvm import tirx
-
     from ..rule_tiling import default_schedule, is_contraction
-    from .fallback import report
-    from .transfer_tuning import is_scheduled
+    from .fallback import try_kernel, unscheduled_kernels
 
     out = mod.clone()
-    for gv, func in mod.functions.items():
-        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
-            continue
-        try:
-            scheduled = default_schedule(func, target) if is_contraction(func) else None
-        except Exception as e:  # noqa: BLE001  (this kernel keeps the default schedule)
-            report(f"{NAME}: kernel '{gv.name_hint}' left to the default schedule ({e!r:.120})")
-            continue
+    for gv, func in unscheduled_kernels(mod):
+        scheduled = try_kernel(NAME, gv, lambda f=func: default_schedule(f, target)
+                               if is_contraction(f) else None,
+                               left="left to the default schedule")
         if scheduled is not None:
             out[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(RULE, True)
     return out

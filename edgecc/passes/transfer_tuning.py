@@ -15,6 +15,7 @@ def run(mod, *, target):
     from tvm import tirx
 
     from ..transfer import current_donors, transfer_func
+    from .fallback import try_kernel
 
     donors = current_donors()
     if not donors:
@@ -23,13 +24,8 @@ def run(mod, *, target):
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
-        try:
-            found = transfer_func(func, donors, target)
-        except Exception as e:  # noqa: BLE001  (this kernel keeps the default schedule)
-            from .fallback import report  # noqa: PLC0415
-
-            report(f"{NAME}: kernel '{gv.name_hint}' left to the default schedule ({e!r:.120})")
-            continue
+        found = try_kernel(NAME, gv, lambda f=func: transfer_func(f, donors, target),
+                           left="left to the default schedule")
         if found is None:
             continue
         scheduled, donor = found

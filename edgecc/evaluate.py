@@ -34,12 +34,19 @@ def predict_artifact(artifact: str | Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outs)[: x.shape[0]]
 
 
-def predict_onnx(model: str | Path | bytes, x: np.ndarray) -> np.ndarray:
-    """First output of an ONNX model under ONNX Runtime (CPU) for every sample of ``x``."""
+def predict_onnx(model: str | Path | bytes, x: np.ndarray, *,
+                 optimize: bool = True) -> np.ndarray:
+    """First output of an ONNX model under ONNX Runtime (CPU) for every sample of ``x``.
+    ``optimize=False`` runs the graph as written, without ORT's fused kernels: for a QDQ model
+    that is the exact QuantizeLinear/DequantizeLinear arithmetic (ORT's int8 kernels saturate
+    int16 sums on CPUs without VNNI and drift from it by up to tens of output quanta)."""
     import onnxruntime as ort  # noqa: PLC0415
 
     data = model if isinstance(model, bytes) else Path(model).read_bytes()
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
     outs = [sess.run(None, {inp.name: b})[0] for b in _batches(x, batch)]

@@ -177,7 +177,8 @@ def import_onnx(model, *, raw: bytes, name: str,
     except Exception as e:  # the importer raises many types for model-side problems
         raise ModelError(f"TVM's ONNX importer could not convert '{name}': "
                          f"{type(e).__name__}: {_first_line(e)}") from e
-    if unknown_shapes(mod):
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    if unknown_shapes(mod) and not qdq:  # (folding would dequantize a QDQ model's weights)
         mod = _import_shape_folded(model, mod, shapes=pinned, dtypes=dtypes)
     inputs = tuple(TensorSpec(n, shapes[n], dtypes[n]) for n, _, _ in declared)
     out_names = [o.name for o in model.graph.output]

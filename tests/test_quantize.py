@@ -123,8 +123,10 @@ def test_int8_digits_accuracy_size_and_ort_agreement(digits_dir, fp32_result, tm
     # gate: top-1 drop at most 1.0 point
     logits = predict_artifact(out, test.x)
     assert top1(logits, test.y) >= fp32_acc - 0.010, (top1(logits, test.y), fp32_acc)
-    # same QDQ model in ONNX Runtime: same predictions, outputs within one output quantum
-    ref = predict_onnx(out / "model.qdq.onnx", test.x)
+    # same QDQ model in ONNX Runtime, run as written (the QDQ arithmetic itself; ORT's fused
+    # int8 kernels differ by up to 27 quanta on a CPU without VNNI): same predictions, outputs
+    # within one output quantum
+    ref = predict_onnx(out / "model.qdq.onnx", test.x, optimize=False)
     assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.995
     step = float(np.abs(ref).max()) / 127
     assert np.abs(logits - ref).max() <= step + 1e-5

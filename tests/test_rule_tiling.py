@@ -128,10 +128,13 @@ def test_ops_no_log_covers_get_tiled_parallel_vector_loops_and_stay_exact(tmp_pa
     # the 1-D conv's 64-wide rows: a register tile of two full vectors
     conv1d = next(k for k in convs if "conv1d" in k.split("(", 2)[1])
     assert f"T.vectorized(T.int64({lanes}))" in conv1d
-    feed = random_inputs(r.manifest.inputs)
-    got = load(tmp_path / "a").run(feed)
-    want = ort_run(model, feed)
-    assert rel_err(got["y"], want[0]) <= 1e-4 and rel_err(got["z"], want[1]) <= 1e-4
+    from edgecc.targets import cpu_flags
+
+    if set(get_target(target).cpu_features) <= cpu_flags():  # runs only where the CPU can
+        feed = random_inputs(r.manifest.inputs)
+        got = load(tmp_path / "a").run(feed)
+        want = ort_run(model, feed)
+        assert rel_err(got["y"], want[0]) <= 1e-4 and rel_err(got["z"], want[1]) <= 1e-4
     naive = edgecc.compile(model, target=target, output=tmp_path / "b", use_cache=False,
                            rule_schedule=False)
     assert naive.rule_tiled == 0

@@ -40,7 +40,7 @@ def main() -> int:
     import numpy as np
 
     import edgecc
-    from edgecc.package import package_artifact
+    from edgecc.deploy.package import package_artifact
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenetv2")

@@ -29,12 +29,12 @@ def main() -> int:
     import zoo
 
     import edgecc
-    from edgecc import datasets
-    from edgecc.distill import DistillConfig, distill
+    from edgecc.compress import datasets
+    from edgecc.compress.distill import DistillConfig, distill
     from edgecc.errors import EdgeccError
-    from edgecc.evaluate import predict_artifact, predict_onnx, top1
-    from edgecc.prune import count_flops, prune
-    from edgecc.quantize import Quantization
+    from edgecc.compress.evaluate import predict_artifact, predict_onnx, top1
+    from edgecc.compress.prune import count_flops, prune
+    from edgecc.compress.quantize import Quantization
     from edgecc.runtime import load
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

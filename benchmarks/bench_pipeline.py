@@ -28,9 +28,9 @@ from common import example_onnx, machine, median_ms, ort_session, table  # noqa:
 def main() -> int:
     import numpy as np
 
-    from edgecc.localcluster import device_cluster, native_server
-    from edgecc.partition import partition
-    from edgecc.pipeline import Devices, run_pipeline
+    from edgecc.devices.localcluster import device_cluster, native_server
+    from edgecc.parallel.partition import partition
+    from edgecc.parallel.pipeline import Devices, run_pipeline
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mobilenetv2,resnet18")

@@ -31,7 +31,7 @@ from common import example_onnx, interleaved_ms, machine, ort_session, table
 
 def _logs_without(name: str, dest: Path) -> Path:
     """A copy (symlinks) of the shipped tuning_logs/ tree without any log named ``name``."""
-    from edgecc.tuning_log import shipped_root
+    from edgecc.schedules.tuning_log import shipped_root
 
     for target_dir in shipped_root().iterdir():
         if target_dir.is_dir():
@@ -58,7 +58,7 @@ def main() -> int:
 
     import edgecc
     from edgecc.runtime import load
-    from edgecc.tune import tune_model
+    from edgecc.tuning.tune import tune_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(zoo.MODELS))

@@ -28,13 +28,17 @@ def median_ms(fn, *, warmup: int = 5, repeat: int = 50, min_seconds: float = 1.0
     return statistics.median(times) * 1e3
 
 
-def interleaved_ms(runs: dict, *, rounds: int = 3, on_round=None) -> dict[str, list[float]]:
+def interleaved_ms(runs: dict, *, rounds: int = 3, on_round=None,
+                   pause_s: float = 0.0) -> dict[str, list[float]]:
     """Per-round median latencies (ms) of every ``runs[label]()``: round r times each of them
     once, in turn, so a machine whose speed drifts (a noisy VM) slows every variant alike.
-    Compare the medians over rounds (:func:`statistics.median` of each list)."""
+    Compare the medians over rounds (:func:`statistics.median` of each list). ``pause_s``
+    between runtimes lets one's thread pool stop spinning before the next is timed."""
     per_round: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(rounds):
         for label, fn in runs.items():
+            if pause_s:
+                time.sleep(pause_s)
             per_round[label].append(median_ms(fn, repeat=50, min_seconds=0.5))
         if on_round is not None:
             on_round(r, per_round)

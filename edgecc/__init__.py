@@ -20,17 +20,9 @@ from .errors import (
     VerificationError,
 )
 
-__version__ = "0.3.0"
+from ._version import __version__
 
 set_default_threads()  # before TVM creates its thread pool (see edgecc/_threads.py)
-
-# verify, prune and distill below share their names with the modules that implement them.
-# Python binds a package attribute to a submodule when it first loads it, so loaded lazily the
-# modules would replace the functions (edgecc.verify(...) -> "'module' object is not callable"
-# once anything imported edgecc.verify). Loaded here first (numpy, no TVM), the defs win.
-from . import distill as _distill_module  # noqa: E402, F401
-from . import prune as _prune_module  # noqa: E402, F401
-from . import verify as _verify_module  # noqa: E402, F401
 
 __all__ = [
     "ArtifactError", "EdgeccError", "InputError", "ModelError", "OutputExistsError",
@@ -40,8 +32,8 @@ __all__ = [
 
 
 def compile(model, **kwargs):  # noqa: A001  (mirrors tvm.compile / the CLI verb)
-    """Compile a model; see :func:`edgecc.compiler.compile_model`."""
-    from .compiler import compile_model  # noqa: PLC0415
+    """Compile a model; see :func:`edgecc.build.compiler.compile_model`."""
+    from .build.compiler import compile_model  # noqa: PLC0415
 
     return compile_model(model, **kwargs)
 
@@ -54,22 +46,22 @@ def load(path, **kwargs):
 
 
 def verify(artifact, model, **kwargs):
-    """Compare an artifact against ONNX Runtime; see :func:`edgecc.verify.verify_artifact`."""
-    from .verify import verify_artifact  # noqa: PLC0415
+    """Compare an artifact against ONNX Runtime; see :func:`edgecc.runtime.verify.verify_artifact`."""
+    from .runtime.verify import verify_artifact  # noqa: PLC0415
 
     return verify_artifact(artifact, model, **kwargs)
 
 
 def prune(model, **kwargs):
-    """Prune an ``onnx.ModelProto``; see :func:`edgecc.prune.prune`."""
-    from .prune import prune as _prune  # noqa: PLC0415
+    """Prune an ``onnx.ModelProto``; see :func:`edgecc.compress.prune.prune`."""
+    from .compress.prune import prune as _prune  # noqa: PLC0415
 
     return _prune(model, **kwargs)
 
 
 def distill(teacher, student, **kwargs):
-    """Knowledge distillation of ONNX models; see :func:`edgecc.distill.distill`."""
-    from .distill import distill as _distill  # noqa: PLC0415
+    """Knowledge distillation of ONNX models; see :func:`edgecc.compress.distill.distill`."""
+    from .compress.distill import distill as _distill  # noqa: PLC0415
 
     return _distill(teacher, student, **kwargs)
 

@@ -38,12 +38,35 @@ def read_npz(path: Path, *, what: str) -> dict:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` through a ``.part`` file and a rename: never a half-written file."""
+    """Write ``path`` through a private temporary file beside it and a rename: a reader (or a
+    crash) never sees a half-written file, and two writers never share the temporary."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    part.replace(path)
+    fd, part = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(part, path)
+    except BaseException:
+        Path(part).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+_MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def machine_arch(machine: str | None = None) -> str:
+    """edgecc's name for a CPU architecture (``x86_64``, ``aarch64``), of this machine unless
+    ``machine`` (a ``platform.machine()`` string) is given; other names are returned as they
+    are."""
+    import platform  # noqa: PLC0415
+
+    m = (machine or platform.machine()).lower()
+    return _MACHINE_ARCH.get(m, m)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

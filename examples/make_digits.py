@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from zoo import DigitsCNN, export_onnx  # noqa: E402
 
-from edgecc import datasets  # noqa: E402
+from edgecc.compress import datasets  # noqa: E402
 
 
 def train(epochs: int = 40, *, seed: int = 0) -> tuple[nn.Module, float]:

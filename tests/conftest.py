@@ -88,3 +88,22 @@ def digits_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits")
     assert make_digits.main(["-o", str(out)]) == 0  # exits 1 under 97% test accuracy
     return out
+
+
+# the shipped tuning log of the digits CNN (x86_64), a donor for transfer and tuning tests
+DIGITS_LOG = Path(__file__).resolve().parent.parent / "edgecc" / "tuning_logs" / "x86_64" / "digits"
+
+
+def conv_then(op: str, cout: int = 24) -> onnx.ModelProto:
+    """x[1,3,16,16] -> Conv(3x3, cout) -> op -> y: an epilogue the digits log never saw."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((cout, 3, 3, 3)).astype("float32"), "W"),
+             numpy_helper.from_array(rng.standard_normal(cout).astype("float32"), "B")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node(op, ["c"], ["y"])], "convthen",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -1,6 +1,6 @@
-"""The tests' RPC clusters on 127.0.0.1: see edgecc/localcluster.py."""
+"""The tests' RPC clusters on 127.0.0.1: see edgecc/devices/localcluster.py."""
 
-from edgecc.localcluster import (
+from edgecc.devices.localcluster import (
     HOST,
     Cluster,
     device_cluster,

@@ -7,7 +7,8 @@ import pytest
 from conftest import make_conv_model
 
 import edgecc
-from edgecc import ToolchainError, build
+from edgecc import ToolchainError
+from edgecc.build import library as build
 from edgecc.targets import get_target
 
 EM_AARCH64 = 183

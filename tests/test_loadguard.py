@@ -1,6 +1,6 @@
-"""The thread guard's choice, on made-up run times (edgecc/_loadguard.py)."""
+"""The thread guard's choice, on made-up run times (edgecc/runtime/loadguard.py)."""
 
-from edgecc._loadguard import MAX_GAP_S, ThreadGuard
+from edgecc.runtime.loadguard import MAX_GAP_S, ThreadGuard
 
 
 def _drive(guard, cost, runs, t0=0.0):

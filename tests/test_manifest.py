@@ -3,7 +3,7 @@ import json
 import pytest
 
 from edgecc import ArtifactError
-from edgecc.manifest import Manifest, TensorSpec
+from edgecc.artifact.manifest import Manifest, TensorSpec
 
 
 def _manifest(**kw):

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import edgecc
-from edgecc import native, targets, tuning_log
+from edgecc.deploy import native
+from edgecc import targets
+from edgecc.schedules import tuning_log
 
 
 def test_targets_logs_and_native_sources_are_package_data():
@@ -17,20 +19,22 @@ def test_targets_logs_and_native_sources_are_package_data():
     assert (package / "targets" / "x86_64.json").is_file()
     assert tuning_log.shipped_root() == package / "tuning_logs"
     assert tuning_log.shipped_logs(targets.get_target("x86_64"))  # found where a wheel has them
-    assert native.NATIVE_DIR == package / "native"
-    assert (native.NATIVE_DIR / "edgecc_run.cc").is_file()
+    assert native.NATIVE_DIR == package / "deploy" / "native"
+    assert (native.NATIVE_DIR / "main.cc").is_file() and (native.NATIVE_DIR / "edgecc_run.h").is_file()
 
 
 def test_pyproject_ships_the_package_data_and_no_cuda_xgboost():
     import tomllib
 
     meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
-    data = meta["tool"]["setuptools"]["package-data"]["edgecc"]
     package = Path(edgecc.__file__).resolve().parent
-    shipped = {p for pattern in data for p in package.glob(pattern)}
-    for sub in ("targets", "tuning_logs", "native"):
+    shipped = set()
+    for name, patterns in meta["tool"]["setuptools"]["package-data"].items():
+        where = package.parent.joinpath(*name.split("."))
+        shipped |= {p for pattern in patterns for p in where.glob(pattern)}
+    for sub in ("targets", "tuning_logs", "deploy/native"):
         on_disk = {p for p in (package / sub).rglob("*") if p.is_file()
-                   and "__pycache__" not in p.parts}
+                   and "__pycache__" not in p.parts and p.suffix != ".py"}
         assert on_disk <= shipped, sorted(str(p) for p in on_disk - shipped)
     deps = meta["project"]["dependencies"]
     linux_x86 = [d for d in deps if d.startswith("xgboost")

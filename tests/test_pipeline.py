@@ -17,8 +17,8 @@ from rpc_util import device_cluster, native_server
 
 from edgecc.cli import main
 from edgecc.errors import InputError, ModelError
-from edgecc.partition import partition, plan
-from edgecc.pipeline import Devices, PipelineError, run_pipeline
+from edgecc.parallel.partition import partition, plan
+from edgecc.parallel.pipeline import Devices, PipelineError, run_pipeline
 
 
 def chain_model(channels=(3, 8, 16, 16, 8), size: int = 16) -> onnx.ModelProto:

@@ -11,12 +11,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import edgecc
-from edgecc import datasets
+from edgecc.compress import datasets
 from edgecc.cli import main
 from edgecc.errors import InputError, ModelError
-from edgecc.evaluate import accuracy, predict_artifact, predict_onnx, top1
-from edgecc.manifest import TensorSpec
-from edgecc.quantize import MIN_SAMPLES, Quantization, load_calibration
+from edgecc.compress.evaluate import accuracy, predict_artifact, predict_onnx, top1
+from edgecc.artifact.manifest import TensorSpec
+from edgecc.compress.quantize import MIN_SAMPLES, Quantization, load_calibration
 
 SPEC = (TensorSpec("input", (1, 1, 8, 8), "float32"),)
 
@@ -184,7 +184,7 @@ def test_quantization_passes_are_pure(digits_dir):
     """qdq-to-int8 and to-fp16 return new modules and leave their input untouched."""
     from edgecc import frontend
     from edgecc.passes import apply
-    from edgecc.quantize import quantize_int8
+    from edgecc.compress.quantize import quantize_int8
     from edgecc.targets import get_target
 
     raw = (digits_dir / "digits.onnx").read_bytes()

@@ -17,7 +17,7 @@ from onnx import numpy_helper as nh
 import edgecc
 from edgecc import passes
 from edgecc.cli import main
-from edgecc.manifest import Manifest
+from edgecc.artifact.manifest import Manifest
 
 RNG = np.random.default_rng(0)
 
@@ -184,7 +184,7 @@ def test_an_optional_pass_that_raises_is_left_out(tmp_path, monkeypatch):
 
 def test_an_optimized_build_that_fails_is_rebuilt_with_the_required_passes(tmp_path,
                                                                           monkeypatch):
-    import edgecc.compiler as compiler
+    import edgecc.build.compiler as compiler
     from edgecc.errors import CompileError
 
     real = compiler._run_passes
@@ -271,7 +271,7 @@ def test_every_dtype_tvm_handles_compiles_and_runs_in_the_python_loader(tmp_path
 
 
 def test_every_dtype_runs_in_the_native_loader(tmp_path):
-    from edgecc.package import package_artifact
+    from edgecc.deploy.package import package_artifact
 
     edgecc.compile(_dtype_model(), output=tmp_path / "a", use_cache=False, isa_variants=False)
     bundle = package_artifact(tmp_path / "a", tmp_path / "bundle", log=lambda m: None).path
@@ -298,7 +298,7 @@ def test_every_dtype_runs_in_the_native_loader(tmp_path):
 def test_an_output_whose_shape_depends_on_the_input_runs_in_both_loaders(tmp_path):
     """Range with a tensor limit: the manifest says the output dim is dynamic, both loaders
     return its real shape."""
-    from edgecc.package import package_artifact
+    from edgecc.deploy.package import package_artifact
 
     model = _model([h.make_node("Range", ["start", "limit", "delta"], ["y"])],
                    [nh.from_array(np.array(0, np.int64), "start"),

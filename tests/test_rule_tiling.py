@@ -12,7 +12,7 @@ from conftest import ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 import edgecc
-from edgecc.rule_tiling import default_tiles, is_contraction, producer_location, vector_bits
+from edgecc.schedules.rule_tiling import default_tiles, is_contraction, producer_location, vector_bits
 from edgecc.runtime import load, random_inputs
 from edgecc.targets import get_target
 
@@ -64,7 +64,7 @@ def _model(nodes, inputs, outputs, inits):
 def _kernels(model, target="x86_64"):
     from tvm import tirx
 
-    from edgecc.tune import tuning_module
+    from edgecc.tuning.tune import tuning_module
 
     _, mod = tuning_module(model, get_target(target))
     return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}

@@ -64,9 +64,9 @@ def test_profile_times_every_kernel_of_the_model_inside_it(artifact):
     the name prepack-weights gave it; VM builtins are timed too but map to no kernel."""
     from conftest import make_conv_model
 
-    from edgecc.selection import kernel_times
+    from edgecc.tuning.selection import kernel_times
     from edgecc.targets import get_target
-    from edgecc.tune import kernel_workloads, tuning_module
+    from edgecc.tuning.tune import kernel_workloads, tuning_module
 
     profile = load(artifact).profile_kernels(runs=5)
     assert all(t > 0 for t in profile.values())
@@ -79,7 +79,7 @@ def test_profile_times_every_kernel_of_the_model_inside_it(artifact):
 
 
 def test_the_loader_runs_the_best_build_the_cpu_has_every_feature_of():
-    from edgecc.manifest import Manifest, Variant
+    from edgecc.artifact.manifest import Manifest, Variant
     from edgecc.runtime import choose_build, runnable_builds
 
     base = ("avx", "avx2", "fma")
@@ -115,8 +115,11 @@ def test_the_loader_runs_the_best_build_the_cpu_has_every_feature_of():
 def test_api_functions_stay_functions_once_their_modules_are_imported():
     import importlib
 
-    for name in ("verify", "prune", "distill", "compile", "load"):
-        importlib.import_module(f"edgecc.{name}" if name not in ("compile", "load") else "edgecc")
+    modules = {"verify": "edgecc.runtime.verify", "prune": "edgecc.compress.prune",
+               "distill": "edgecc.compress.distill", "compile": "edgecc.build.compiler",
+               "load": "edgecc.runtime.model"}
+    for name, module in modules.items():
+        importlib.import_module(module)
         assert callable(getattr(edgecc, name)) and not isinstance(getattr(edgecc, name),
                                                                   type(importlib)), name
 
@@ -156,6 +159,8 @@ def test_artifact_errors(tmp_path, artifact):
                        "x86_64: run it on an aarch64 device"):
         load(bad)
     (bad / "model.so").unlink()
+    manifest.update(arch="x86_64", target="x86_64")
+    (bad / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="model.so is missing"):
         load(bad)
 
@@ -170,7 +175,13 @@ def test_default_thread_count_is_the_physical_cores_unless_set():
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out == str(physical_cores()) and 1 <= physical_cores() <= (os.cpu_count() or 1)
+    # the physical cores this process may run on, counted by lscpu (util-linux), not by edgecc
+    rows = subprocess.run(["lscpu", "-p=CPU,CORE,SOCKET"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    allowed = os.sched_getaffinity(0)
+    cores = {tuple(r.split(",")[1:]) for r in rows
+             if r and not r.startswith("#") and int(r.split(",")[0]) in allowed}
+    assert out == str(len(cores)) == str(physical_cores())
     out = subprocess.run([sys.executable, "-c", code], env=dict(env, TVM_NUM_THREADS="3"),
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "3"

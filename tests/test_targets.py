@@ -1,5 +1,7 @@
 import json
 
+from pathlib import Path
+
 import pytest
 
 from edgecc import TargetError
@@ -65,4 +67,15 @@ def test_native_picks_the_target_this_cpu_can_run():
     assert native_target_name("aarch64", set()) == "aarch64"
     with pytest.raises(TargetError, match="no native target for a riscv64 machine"):
         native_target_name("riscv64", set())
-    assert get_target("native").name == native_target_name()  # this machine
+    # this machine, read from /proc/cpuinfo here, not through edgecc's own flag parsing
+    import platform
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags
+    expected = {"x86_64": "x86_64-avx512" if avx512 else "x86_64",
+                "aarch64": "aarch64"}[platform.machine()]
+    assert get_target("native").name == expected

@@ -6,17 +6,17 @@ import random
 import numpy as np
 import onnx
 import pytest
-from conftest import make_conv_model, ort_run, rel_err
+from conftest import DIGITS_LOG, conv_then, make_conv_model, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 import edgecc
 from edgecc.cli import main
 from edgecc.runtime import load, random_inputs
-from edgecc.targets import DATA
-from edgecc.transfer import (DEGENERATE_PENALTY, Donor, anchor_tile_refits, canonical_buffers,
+from edgecc.schedules import tuning_log
+from edgecc.targets import DATA, get_target
+from edgecc.schedules.transfer import (DEGENERATE_PENALTY, Donor, anchor_tile_refits, canonical_buffers,
                              ranked, refit_tile, shape_distance)
 
-DIGITS_LOG = DATA / "tuning_logs" / "x86_64" / "digits"
 
 
 def test_refit_tile_keeps_the_product_and_the_inner_factors():
@@ -88,7 +88,7 @@ def test_every_tile_on_the_anchor_loops_is_refitted_before_replay():
     from tvm.s_tir import analysis
     import tvm
 
-    from edgecc import tuning_log
+    from edgecc.schedules import tuning_log
 
     rec = next(r for r in tuning_log.read_records([DIGITS_LOG])
                if analysis.find_anchor_sblock(r.workload.mod) is not None
@@ -105,22 +105,7 @@ def test_every_tile_on_the_anchor_loops_is_refitted_before_replay():
     assert anchor_tile_refits(trace.insts, trace.decisions, "no_such_block", other) == []
 
 
-def _conv_then(op: str, cout: int = 24) -> onnx.ModelProto:
-    """x[1,3,16,16] -> Conv(3x3, cout) -> op -> y: an epilogue the digits log never saw."""
-    rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.standard_normal((cout, 3, 3, 3)).astype("float32"), "W"),
-             numpy_helper.from_array(rng.standard_normal(cout).astype("float32"), "B")]
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
-         helper.make_node(op, ["c"], ["y"])], "convthen",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 16, 16])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-@pytest.mark.parametrize("model", [make_conv_model(bn=False, cout=24), _conv_then("Sigmoid")],
+@pytest.mark.parametrize("model", [make_conv_model(bn=False, cout=24), conv_then("Sigmoid")],
                          ids=["same-epilogue", "other-epilogue"])
 def test_a_kernel_with_no_record_borrows_a_similar_one_and_stays_exact(tmp_path, model):
     """A 3x3 conv with 24 output channels (the digits log has 32 and 64) gets a digits conv's
@@ -240,7 +225,7 @@ def test_a_log_being_written_reads_as_its_complete_records(tmp_path):
     import json
     import shutil
 
-    from edgecc import tuning_log
+    from edgecc.schedules import tuning_log
 
     log = tmp_path / "log"
     shutil.copytree(DIGITS_LOG, log)
@@ -261,7 +246,7 @@ def test_compaction_rewrites_only_the_records_file(tmp_path):
     import json
     import shutil
 
-    from edgecc import tuning_log
+    from edgecc.schedules import tuning_log
 
     log = tmp_path / "log"
     shutil.copytree(DIGITS_LOG, log)
@@ -280,7 +265,7 @@ def test_compaction_rewrites_only_the_records_file(tmp_path):
 
 
 def test_in_model_choice_needs_a_clear_win_over_the_fastest_alone():
-    from edgecc.selection import choose
+    from edgecc.tuning.selection import choose
 
     assert choose([10.0, 9.9, 12.0]) == 0  # 1% faster in the model: noise, keep rank 1
     assert choose([10.0, 9.0, 8.5]) == 2
@@ -288,7 +273,7 @@ def test_in_model_choice_needs_a_clear_win_over_the_fastest_alone():
 
 
 def test_the_log_keeps_another_build_only_for_a_clear_end_to_end_win():
-    from edgecc.selection import keep_build
+    from edgecc.tuning.selection import keep_build
 
     assert keep_build({"rank1": 1.0, "rank2": 0.995, "combined": 0.992}) == "rank1"
     assert keep_build({"rank1": 1.0, "rank2": 0.95, "combined": 0.97}) == "rank2"
@@ -296,9 +281,36 @@ def test_the_log_keeps_another_build_only_for_a_clear_end_to_end_win():
 
 
 def test_kernel_times_sum_a_workloads_calls_under_their_prepacked_names():
-    from edgecc.selection import kernel_times
+    from edgecc.tuning.selection import kernel_times
 
     names = {"fused_conv2d_add": "k1", "fused_conv2d_add1": "k1", "transpose": "k2"}
     profile = {"fused_conv2d_add_prepacked": 3.0, "fused_conv2d_add1": 2.0,
                "transpose": 1.0, "vm.builtin.alloc_tensor": 5.0}
     assert kernel_times(profile, names) == {"k1": 5.0, "k2": 1.0}
+
+
+def test_a_holdout_log_leaves_out_the_models_own_records(tmp_path, digits_dir):
+    """The leave-one-out figures' log library (benchmarks/bench_zoo.py): every record of the
+    model's own kernels is gone, the rest stays; the FLOPs by schedule kind say so."""
+    from edgecc.tuning.tune import kernel_workloads, tuning_module
+
+    onnx_path = digits_dir / "digits.onnx"
+    _, mod = tuning_module(onnx_path, get_target("x86_64"))
+    own = set(kernel_workloads(mod).values())
+    held = tmp_path / "digits-held-out"
+    dropped = tuning_log.holdout_log(DIGITS_LOG, held, own)
+    assert dropped > 0
+    before = {tuning_log.workload_key(r.workload.mod) for r in tuning_log.read_records([DIGITS_LOG])}
+    after = {tuning_log.workload_key(r.workload.mod) for r in tuning_log.read_records([held])}
+    assert before & own and not after & own and after == before - own
+    builds = {}
+    for label, log in (("with", DIGITS_LOG), ("held-out", held)):
+        r = edgecc.compile(onnx_path, output=tmp_path / label, tuning_logs=[log],
+                           use_shipped_logs=False, rule_schedule=False, transfer_tuning=False)
+        builds[label] = r.manifest.options["kernels"]
+    assert builds["with"]["tuned"] > 0 and builds["held-out"]["tuned"] == 0
+    flops = {k: v["flops"] for k, v in builds.items()}
+    assert flops["with"]["tuned"] > 0 and flops["held-out"]["tuned"] == 0
+    # the same kernels (a schedule adds a few index operations to the count)
+    assert sum(flops["with"].values()) == pytest.approx(sum(flops["held-out"].values()), rel=0.01)
+    assert flops["held-out"]["default"] > 1_000_000

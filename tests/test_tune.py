@@ -7,10 +7,11 @@ import pytest
 from conftest import make_conv_model, ort_run, rel_err
 
 import edgecc
-from edgecc import EdgeccError, TuningLogError, tuning_log
+from edgecc import EdgeccError, TuningLogError
+from edgecc.schedules import tuning_log
 from edgecc.cli import main
 from edgecc.runtime import load, random_inputs
-from edgecc.tune import parse_duration, tune_model
+from edgecc.tuning.tune import parse_duration, tune_model
 
 pytestmark = pytest.mark.slow
 
@@ -205,7 +206,7 @@ def test_compile_prefers_cold_records_to_warm_ones_that_only_look_faster(tuned, 
 def test_cold_timing_flushes_the_cache_before_every_single_run():
     from tvm.s_tir import meta_schedule as ms
 
-    from edgecc.tune import _evaluator
+    from edgecc.tuning.tune import _evaluator
 
     cold, warm = _evaluator(ms, "cold"), _evaluator(ms, "warm")
     assert (cold.number, cold.enable_cpu_cache_flush, cold.min_repeat_ms) == (1, True, 0)
@@ -253,13 +254,13 @@ def test_search_runs_from_seeds_of_a_donor_with_another_epilogue(tmp_path, monke
     """A conv followed by a Sigmoid gets seeds from the digits convs (ReLU epilogues); the
     evolutionary search then mutates them (an anchor-only transfer once crashed it there, so
     seeds are whole-trace transfers only) and runs its own trials."""
-    from test_transfer import DIGITS_LOG, _conv_then
+    from conftest import DIGITS_LOG, conv_then
 
     library = tmp_path / "library"
     (library / "x86_64").mkdir(parents=True)
     (library / "x86_64" / "digits").symlink_to(DIGITS_LOG)
     monkeypatch.setenv("EDGECC_TUNING_LOGS", str(library))
-    r = tune_model(_conv_then("Sigmoid"), trials_per_task=5, log_dir=tmp_path / "log",
+    r = tune_model(conv_then("Sigmoid"), trials_per_task=5, log_dir=tmp_path / "log",
                    on_progress=None)
     assert r.seeded >= 1 and r.trials_run >= 1 and r.stopped is None
     assert r.records_added >= r.seeded + 1

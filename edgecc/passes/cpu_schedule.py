@@ -47,7 +47,7 @@ def schedule_elementwise(func, target):
     import tvm
     from tvm.s_tir import Schedule
 
-    from ..transfer import postprocess
+    from ..schedules.trace import postprocess
 
     sch = Schedule(tvm.IRModule({"main": func}))
     root = sch.get_sblock("root")

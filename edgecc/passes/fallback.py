@@ -31,11 +31,14 @@ def collecting() -> Iterator[list[str]]:
         _NOTES.reset(token)
 
 
+def is_scheduled(func) -> bool:
+    """The PrimFunc already carries a schedule (a tuned record, a transfer, the rule, dlight)."""
+    return func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))
+
+
 def unscheduled_kernels(mod):
     """(GlobalVar, PrimFunc) of every kernel of ``mod`` that has no schedule yet."""
     from tvm import tirx  # noqa: PLC0415
-
-    from .transfer_tuning import is_scheduled  # noqa: PLC0415
 
     return [(gv, f) for gv, f in mod.functions.items()
             if isinstance(f, tirx.PrimFunc) and not is_scheduled(f)]

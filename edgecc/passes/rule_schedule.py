@@ -13,7 +13,7 @@ RULE = "edgecc.rule_tiled"  # PrimFunc attribute: scheduled by the rule
 
 
 def run(mod, *, target):
-    from ..rule_tiling import default_schedule, is_contraction
+    from ..schedules.rule_tiling import default_schedule, is_contraction
     from .fallback import try_kernel, unscheduled_kernels
 
     out = mod.clone()

@@ -14,8 +14,8 @@ TRANSFERRED = "edgecc.transferred"  # PrimFunc attribute: the donor's anchor ext
 def run(mod, *, target):
     from tvm import tirx
 
-    from ..transfer import current_donors, transfer_func
-    from .fallback import try_kernel
+    from ..schedules.transfer import current_donors, transfer_func
+    from .fallback import is_scheduled, try_kernel
 
     donors = current_donors()
     if not donors:
@@ -33,8 +33,3 @@ def run(mod, *, target):
         scheduled = scheduled.with_attr(TRANSFERRED, "x".join(map(str, donor.extents)))
         out[gv] = scheduled
     return out
-
-
-def is_scheduled(func) -> bool:
-    """The PrimFunc already carries a schedule (a tuned record, a transfer, dlight)."""
-    return func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))

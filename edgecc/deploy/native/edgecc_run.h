@@ -1,0 +1,96 @@
+// Shared declarations of edgecc-run's parts: the manifest and CPU features (manifest.cc), the
+// checks of an artifact's library before it is loaded (integrity.cc), the runner (run.cc) and
+// the RPC device server (serve.cc); main.cc dispatches between the last two.
+#pragma once
+
+#include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/string.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <arpa/inet.h>
+#include <csignal>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <random>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <set>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <vector>
+
+
+namespace ffi = tvm::ffi;
+
+namespace edgecc {
+
+extern const char* kArch;  // the architecture this binary is built for
+extern const char* kUsage;
+
+struct UserError : std::runtime_error {  // reported as one "error: ..." line, exit 1
+  using std::runtime_error::runtime_error;
+};
+
+// ---------------------------------------------------------------- manifest (manifest.cc)
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;
+};
+
+struct Build {  // one compiled library of the model and what it needs of the CPU
+  std::string target, library;
+  std::vector<std::string> cpu_features;
+  std::string sha256;  // of the library ("" when the manifest has none)
+  int64_t bytes = 0;   // the library's size (0 when the manifest has none)
+};
+
+struct Manifest {
+  std::string target, arch, device, library, tvm_version;
+  std::vector<TensorSpec> inputs, outputs;
+  std::vector<Build> builds;  // ISA variants first, the base build (target, library) last
+};
+
+const std::map<std::string, DLDataType>& Dtypes();
+std::string ReadFile(const std::string& path);
+Manifest ReadManifest(const std::string& dir);
+std::string Describe(const TensorSpec& s);
+std::string ShapeStr(const std::vector<int64_t>& shape);
+std::set<std::string> CpuFlags();
+const Build& ChooseBuild(const Manifest& m, const std::set<std::string>& flags,
+                         const std::string& want, const std::string& dir);
+int ParseInt(const std::string& flag, const std::string& v, int min);
+
+// ---------------------------------------------------------------- checks (integrity.cc)
+std::string Sha256Hex(const std::string& path);
+void CheckRuntime(const Manifest& m, const std::string& dir);
+std::string CheckLibrary(const std::string& dir, const Build& b, bool verify);
+
+// ---------------------------------------------------------------- verbs
+int RunMain(int argc, char** argv);    // run.cc
+int ServeMain(int argc, char** argv);  // serve.cc
+void SetDefaultThreads();              // threads.cc
+
+}  // namespace edgecc

@@ -3,6 +3,7 @@
 // C boundary: every entry point catches and returns a status, the message in a thread-local.
 #include "edgecc_runtime.h"
 
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -62,6 +63,85 @@ edgecc_status Guard(F&& body) {
   }
 }
 
+// The thread count that is faster now, from the run times seen (edgecc/runtime/loadguard.py,
+// same algorithm and constants; docs/runtime.md): on a busy CPU one thread, idle all of them.
+// Disabled by EDGECC_ADAPTIVE_THREADS=0.
+class ThreadGuard {
+ public:
+  static constexpr double kSwitch = 0.95, kStall = 4.0, kMaxGapS = 2.0, kMaxProbeShare = 0.05;
+
+  explicit ThreadGuard(int full) : full_(std::max(1, full)), current_(full_) {}
+
+  int Threads(double now) {
+    ++count_;
+    if (full_ == 1) return 1;
+    if (probe_step_) return Other();
+    double since = now - last_probe_;
+    bool due = (count_ >= next_ && since >= spacing_) || since >= std::max(kMaxGapS, spacing_);
+    if (due && Recent(current_).size() >= 4) {
+      probe_step_ = 1;
+      probe_start_ = now;
+      return Other();
+    }
+    return current_;
+  }
+
+  void Record(int threads, double seconds, double now) {
+    if (full_ == 1) return;
+    std::deque<double>& recent = Recent(current_);
+    if (probe_step_ == 1) {  // the waking run: not judged
+      probe_step_ = 2;
+      return;
+    }
+    if (probe_step_ == 2) {
+      probe_step_ = 0;
+      last_probe_ = now;
+      spacing_ = (now - probe_start_) / kMaxProbeShare;
+      if (seconds < kSwitch * Median(recent)) {
+        current_ = threads;
+        Recent(threads).clear();
+        interval_ = kFirst;
+      } else {
+        interval_ = std::min(2 * interval_, kMaxInterval);
+      }
+      Push(Recent(threads), seconds);
+      next_ = count_ + interval_;
+      return;
+    }
+    if (threads == full_ && recent.size() >= 4 &&
+        seconds > kStall * *std::min_element(recent.begin(), recent.end()))
+      next_ = std::min(next_, count_ + 1);  // a stall: try one thread soon
+    Push(recent, seconds);
+  }
+
+ private:
+  static constexpr long kFirst = 16, kMaxInterval = 2048;
+  static constexpr size_t kWindow = 8;
+
+  int Other() const { return current_ == full_ ? 1 : full_; }
+  std::deque<double>& Recent(int threads) { return threads == full_ ? full_times_ : one_times_; }
+  static void Push(std::deque<double>& d, double v) {
+    d.push_back(v);
+    if (d.size() > kWindow) d.pop_front();
+  }
+  static double Median(std::deque<double> d) {
+    std::sort(d.begin(), d.end());
+    size_t k = d.size() / 2;
+    return d.size() % 2 ? d[k] : (d[k - 1] + d[k]) / 2;
+  }
+
+  int full_, current_;
+  std::deque<double> full_times_, one_times_;
+  long count_ = 0, next_ = kFirst, interval_ = kFirst;
+  int probe_step_ = 0;  // 0: no probe; 1: the waking run; 2: the judged run
+  double probe_start_ = 0, last_probe_ = 0, spacing_ = 0;
+};
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
 struct edgecc_model {
@@ -73,7 +153,9 @@ struct edgecc_model {
   std::mutex mu;
   std::vector<ffi::Tensor> outputs;                   // of the last run without buffers
   std::vector<std::vector<int64_t>> output_shapes;    // of the last run (else the manifest's)
-  std::vector<ffi::Tensor> zeros;                     // inputs for edgecc_model_time(NULL)
+  std::unique_ptr<ThreadGuard> guard;                 // none: a fixed thread count
+  int threads = 0;                                    // the pool's current thread count
+  std::optional<ffi::Function> config_threads;        // runtime.config_threadpool
 
   std::vector<ffi::Tensor> Inputs(const void* const* data) {
     std::vector<ffi::Tensor> out;
@@ -97,7 +179,19 @@ struct edgecc_model {
   std::vector<ffi::Tensor> Call(const std::vector<ffi::Tensor>& inputs) {
     std::vector<ffi::AnyView> args(inputs.begin(), inputs.end());
     ffi::Any ret;
-    main.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
+    if (!guard) {
+      main.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
+    } else {
+      double start = Now();
+      int want = guard->Threads(start);
+      if (want != threads) {
+        (*config_threads)(1, want);
+        threads = want;
+      }
+      main.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
+      double end = Now();
+      guard->Record(want, end - start, end);
+    }
     std::vector<ffi::Tensor> outs;
     if (auto t = ret.try_cast<ffi::Tensor>()) {
       outs.push_back(*t);
@@ -146,6 +240,14 @@ edgecc_status edgecc_model_open(const char* artifact_dir, const edgecc_options* 
                                                        static_cast<int>(kDLCPU), 0, 2);
     m->main = (*m->vm)->GetFunction("main").value();
     for (const auto& s : man.outputs) m->output_shapes.push_back(s.shape);
+    const char* adaptive = getenv("EDGECC_ADAPTIVE_THREADS");
+    int full = std::atoi(getenv("TVM_NUM_THREADS") ? getenv("TVM_NUM_THREADS") : "1");
+    auto config = ffi::Function::GetGlobal("runtime.config_threadpool");
+    if (full > 1 && config.has_value() && !(adaptive && std::string(adaptive) == "0")) {
+      m->guard = std::make_unique<ThreadGuard>(full);
+      m->threads = full;
+      m->config_threads = *config;
+    }
     *model = m.release();
     return EDGECC_OK;
   });

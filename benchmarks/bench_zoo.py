@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="edgecc-zoo-"))
     os.environ.setdefault("EDGECC_CACHE_DIR", str(work / "cache"))
+    os.environ["EDGECC_USER_TUNING_LOGS"] = str(work / "no-user-logs")  # shipped logs only
     rows, ratios = [], {"default": [], "loo": []}
     for name in args.models.split(","):
         d = work / name

@@ -14,10 +14,11 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own compile cache and config directory (edgecc-run serve's default
-    token file), never the user's."""
+    """Every test gets its own compile cache, config directory (edgecc-run serve's default
+    token file) and tuning log library, never the user's."""
     monkeypatch.setenv("EDGECC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    monkeypatch.setenv("EDGECC_USER_TUNING_LOGS", str(tmp_path_factory.mktemp("user-logs")))
 
 
 def make_conv_model(*, batch: int | str = 1, bn: bool = True, cout: int = 8,

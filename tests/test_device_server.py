@@ -235,3 +235,140 @@ def test_no_token_on_an_address_that_is_not_loopback_warns():
         "[edgecc-run serve] warning: --no-token on all-interfaces: anyone who can reach this "
         "port can run code on this device",
         "error: --host must be an IPv4 address, got 'all-interfaces'"]
+
+
+# ----------------------------------------------------------------------------- faults and load
+
+def _footprint(server):
+    """What a session could leave behind: the server's open files, its children, work dirs."""
+    return (server.num_fds(), len(server.children()),
+            sorted(str(p) for p in Path("/tmp").glob("edgecc-rpc-*")))
+
+
+def _settled(server, timeout=20.0):
+    """Wait until the server has no session child left."""
+    deadline = time.monotonic() + timeout
+    while server.children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the work directory goes right after the child
+
+
+@pytest.mark.slow
+def test_two_hundred_sessions_leave_nothing_behind():
+    import json
+
+    import psutil
+
+    with device_cluster({"many": native_server("x86_64")}) as cluster:
+        server = psutil.Process(cluster.servers["many"].pid)
+        settings = RPCSettings(HOST, cluster.port, "many")
+        sess = _session(settings)
+        del sess
+        _settled(server)
+        before = _footprint(server)
+        for i in range(200):
+            sess = _session(settings)
+            info = json.loads(sess.get_function("edgecc.device_info")())
+            sess.upload(bytearray(b"%d" % i) * 256, "f.bin")
+            del sess
+            assert info["server"] == "edgecc-run"
+        _settled(server)
+        assert _footprint(server) == before
+        assert cluster.servers["many"].poll() is None
+
+
+def test_a_session_killed_mid_run_is_a_named_error_and_the_server_keeps_serving(conv_artifacts):
+    import threading
+
+    import psutil
+
+    model, d = conv_artifacts
+    with device_cluster({"victim": native_server("x86_64")}) as cluster:
+        server = psutil.Process(cluster.servers["victim"].pid)
+        settings = RPCSettings(HOST, cluster.port, "victim")
+        _settled(server)
+        before = _footprint(server)
+        failure = {}
+
+        def client():  # a benchmark long enough to be killed in the middle of it
+            try:
+                run_remote(d / "x86_64", settings, {"x": _x()}, bench_repeat=200000,
+                           bench_number=10)
+            except RemoteError as e:
+                failure["error"] = str(e)
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # uploaded, loaded, timing
+        for child in server.children():
+            child.kill()  # SIGKILL
+        thread.join(120)
+        assert not thread.is_alive()
+        assert "on 'victim' failed" in failure.get("error", ""), failure
+        _settled(server)
+        assert _footprint(server) == before
+        out = run_remote(d / "x86_64", settings, {"x": _x()})  # the next session is served
+        assert rel_err(out.outputs["y"], ort_run(model, {"x": _x()})[0]) <= 1e-4
+
+
+UPLOADER = """
+import sys
+from edgecc.devices.remote import _session
+from edgecc.devices.rpc import RPCSettings
+s = _session(RPCSettings("127.0.0.1", int(sys.argv[1]), "upload"))
+print("connected", flush=True)
+s.upload(bytearray(1 << 30), "big.bin")
+"""
+
+
+def test_a_client_killed_mid_upload_a_truncated_library_and_a_silent_client(conv_artifacts):
+    """The client dies while 1 GiB is on its way; a half library is uploaded and loaded; a
+    client connects and says nothing: each is refused or cleaned up, and the server serves the
+    next session."""
+    import socket
+    import sys
+
+    import psutil
+
+    model, d = conv_artifacts
+    with device_cluster({"upload": native_server("x86_64", extra=(
+            "--no-token", "--max-upload-mb", "2048"))}) as cluster:
+        server = psutil.Process(cluster.servers["upload"].pid)
+        settings = RPCSettings(HOST, cluster.port, "upload")
+        _settled(server)
+        before = _footprint(server)
+        proc = subprocess.Popen([sys.executable, "-c", UPLOADER, str(cluster.port)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "connected\n"
+        time.sleep(0.1)
+        proc.kill()
+        proc.wait(timeout=30)
+        _settled(server)
+        assert _footprint(server) == before
+
+        sess = _session(settings)
+        lib = (d / "x86_64" / "model.so").read_bytes()
+        sess.upload(bytearray(lib[: len(lib) // 2]), "model.so")
+        with pytest.raises(Exception, match="edgecc-run serve refuses to load 'model.so': "
+                                            f"{len(lib) // 2} bytes, its headers say at least"):
+            sess.load_module("model.so")
+        del sess
+        _settled(server)
+        assert _footprint(server) == before
+
+        from edgecc.devices.remote import tracker_status
+
+        [address] = [a for a, k in tracker_status(HOST, cluster.port).servers if k == "upload"]
+        host, port = address.rsplit(":", 1)
+        silent = socket.create_connection((host, int(port)))  # a handshake that never comes
+        try:
+            out = run_remote(d / "x86_64", settings, {"x": _x()})
+        finally:
+            silent.close()
+        assert rel_err(out.outputs["y"], ort_run(model, {"x": _x()})[0]) <= 1e-4
+        _settled(server)
+        assert _footprint(server) == before
+        assert cluster.servers["upload"].poll() is None

@@ -361,3 +361,25 @@ def test_in_model_selection_is_refused_before_tuning_where_it_cannot_run(tmp_pat
     assert not (tmp_path / "log").exists()
     assert main(["tune", str(tmp_path / "m.onnx"), "--select-in-model", "1"]) == 1
     assert "error: --select-in-model needs K >= 2" in capsys.readouterr().err
+
+
+def test_tune_writes_to_the_users_log_library_which_compile_applies(tmp_path, capsys):
+    """Without --log-dir the records go to the user's library, never into the installed
+    package, and the next compile applies them."""
+    import os
+    from pathlib import Path
+
+    import onnx
+
+    onnx.save(make_conv_model(bn=False, cout=4), tmp_path / "m.onnx")
+    package_log = Path(edgecc.__file__).parent / "tuning_logs" / "x86_64"
+    package_files = sorted(p for p in package_log.rglob("*") if p.is_file())
+    assert main(["tune", str(tmp_path / "m.onnx"), "--trials", "2", "--no-transfer-seeds"]) == 0
+    user = Path(os.environ["EDGECC_USER_TUNING_LOGS"]) / "x86_64"
+    assert str(user) in capsys.readouterr().out
+    assert (user / "meta.json").is_file() and tuning_log.read_records([user])
+    assert sorted(p for p in package_log.rglob("*") if p.is_file()) == package_files
+    r = edgecc.compile(tmp_path / "m.onnx", output=tmp_path / "a", rule_schedule=False,
+                       transfer_tuning=False, isa_variants=False)
+    assert str(user) in r.manifest.options["tuning_logs"]
+    assert r.kernels[0] >= 1

@@ -99,30 +99,17 @@ def compile_model(
     ``model.<variant>.so``; the loader runs the first one the CPU can. Not when ``tuning_logs``
     are given: those records are for ``target`` only.
     """
+    opts = CompileOptions(
+        target=target if isinstance(target, Target) else get_target(target),
+        input_shapes={k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()},
+        example_inputs=example_inputs, pipeline=pipeline, print_ir_after=tuple(print_ir_after),
+        force=force, use_cache=use_cache, tuning_logs=tuple(Path(p) for p in tuning_logs),
+        use_shipped_logs=use_shipped_logs, rule_schedule=rule_schedule,
+        transfer_tuning=transfer_tuning, quantize=quantize, isa_variants=isa_variants)
     output = Path(output)
-    tgt = target if isinstance(target, Target) else get_target(target)
-    check_output_dir(output, force=force)
-    check_toolchain(tgt)
-    choice = _PipelineChoice(pipeline=pipeline, quantize=quantize, rule_schedule=rule_schedule,
-                             transfer_tuning=transfer_tuning, use_shipped_logs=use_shipped_logs)
-    pipeline_name, pass_names = choice.passes_for(tgt)
-    passes.check_pass_names(print_ir_after)
-    variants, variant_note = [], None
-    if isa_variants and tgt.variants:
-        if tuning_logs:
-            variant_note = (f"no {', '.join(tgt.variants)} build: the --tuning-log records are "
-                            f"for {tgt.name} only")
-        else:
-            variants = variant_targets(tgt)
-            for v in variants:
-                check_toolchain(v)
-    variant_logs = {v.name: choice.logs_for(v) for v in variants}
-    shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    plan = _plan(opts, output)
     src = frontend.model_source(model, example_inputs=example_inputs)
-    raw = src.raw
-    calibration = calibration_feeds(quantize, src, shapes=shapes)
-    logs, cross_logs = choice.logs_for(tgt, extra=tuple(Path(p) for p in tuning_logs))
-
+    calibration = calibration_feeds(quantize, src, shapes=opts.input_shapes)
     timings: dict[str, float] = {}
 
     def timed(stage_name: str, seconds: float) -> None:
@@ -130,82 +117,168 @@ def compile_model(
         if on_stage is not None:
             on_stage(stage_name, seconds)
 
-    key = None
+    key = _cache_key(plan, opts, src)
     note = None
-    if use_cache and raw is not None and not print_ir_after:
-        options = {"input_shapes": {k: list(v) for k, v in sorted(shapes.items())},
-                   "pipeline": list(pass_names), "tuning": tuning_log.fingerprint(logs),
-                   "donors": tuning_log.fingerprint(cross_logs),
-                   "quantize": quantize.cache_key() if quantize else None,
-                   "variants": {name: [tuning_log.fingerprint(logs) for logs in pair]
-                                for name, pair in variant_logs.items()}}
-        key = cache.cache_key(model_sha256=hashlib.sha256(raw).hexdigest(),
-                              target=tgt.to_dict(), options=options,
-                              edgecc_version=__version__)
+    if key is not None:
         with stage("cache-lookup", timed):
-            hit, note = cache.lookup(key)
-            if hit is not None:
-                cache.copy_out(hit, output, force=force)
-        if hit is not None:
-            manifest = Manifest.read(output)
-            here = [str(p) for p in logs]  # same contents (fingerprint), maybe other paths
-            if manifest.options.get("tuning_logs") != here:
-                manifest = replace(manifest, options={**manifest.options, "tuning_logs": here})
-                manifest.write(output)
+            manifest, note = _from_cache(key, plan, output, force=force)
+        if manifest is not None:
             return CompileResult(output=output, manifest=manifest, cached=True, timings=timings,
-                                 variant_note=variant_note)
-
-    quant_info = None
+                                 variant_note=plan.variant_note)
     with atomic_dir(output, force=force) as tmp:
-        source = raw
-        if calibration is not None:
-            from ..compress.quantize import quantize_int8  # noqa: PLC0415
-
-            with stage("quantize", timed):
-                source, report = quantize_int8(raw, calibration, method=quantize.method,
-                                               per_channel=quantize.per_channel)
-                (tmp / QDQ_MODEL).write_bytes(source)
-            quant_info = {"mode": "int8", "method": quantize.method,
-                          "per_channel": quantize.per_channel, "qdq_model": QDQ_MODEL,
-                          **report.to_dict()}
-        elif quantize is not None:
-            quant_info = {"mode": quantize.mode}
+        source, quant_info = _quantize(src, calibration, quantize, tmp, timed)
         with fallback.collecting() as fallbacks:
             with stage("import", timed):
-                imported = frontend.import_model(model, src, raw=source, shapes=shapes,
+                imported = frontend.import_model(model, src, raw=source, shapes=opts.input_shapes,
                                                  example_inputs=example_inputs)
-                if source is not raw:  # the manifest names the user's model, not the QDQ copy
-                    imported = replace(imported, sha256=hashlib.sha256(raw).hexdigest())
+                if source is not src.raw:  # the manifest names the user's model, not its QDQ copy
+                    imported = replace(imported, sha256=hashlib.sha256(src.raw).hexdigest())
             result, kernels, weights = _lower_and_build(
-                imported.mod, pass_names, tgt, tmp, logs=logs, cross_logs=cross_logs,
-                print_ir_after=print_ir_after, emit_ir=emit_ir, timed=timed)
-            built = []
-            for v in variants:  # passes are pure: the imported module serves every build
-                built.append(_build_variant(imported.mod, v, tmp, choice=choice,
-                                            logs=variant_logs[v.name], timed=timed,
-                                            emit_ir=emit_ir))
+                imported.mod, plan.pass_names, plan.target, tmp, logs=plan.logs,
+                cross_logs=plan.cross_logs, print_ir_after=opts.print_ir_after, emit_ir=emit_ir,
+                timed=timed)
+            # passes are pure: the one imported module serves every build
+            built = [_build_variant(imported.mod, v, tmp, choice=plan.choice,
+                                    logs=plan.variant_logs[v.name], timed=timed,
+                                    emit_ir=emit_ir)
+                     for v in plan.variants]
         with stage("export", timed):
-            manifest = Manifest(
-                model_name=imported.name, model_sha256=imported.sha256, target=tgt.name,
-                arch=tgt.arch, device=tgt.device, tvm_target=tgt.target_json(),
-                tvm_version=cache.tvm_version(), edgecc_version=__version__,
-                inputs=imported.inputs, outputs=imported.outputs, passes=pass_names,
-                library=LIBRARY_NAME, library_sha256=sha256_file(result.library),
-                library_bytes=result.library.stat().st_size,
-                options={"pipeline": pipeline_name,
-                         "cuda_fatbin": result.cuda_fatbin.name if result.cuda_fatbin else None,
-                         "kernels": kernels,
-                         "weights_bytes": weights,
-                         "quantize": quant_info,
-                         "tuning_logs": [str(p) for p in logs],
-                         "fallbacks": list(fallbacks)},
-                cpu_features=tgt.cpu_features, variants=tuple(built),
-            )
-            manifest.write(tmp)
+            manifest = _export(tmp, plan, imported, result, kernels=kernels, weights=weights,
+                               quant_info=quant_info, fallbacks=list(fallbacks), variants=built)
     if key is not None:
         cache.store(key, output)
     return CompileResult(output=output, manifest=manifest, cached=False, timings=timings,
-                         cache_note=note, variant_note=variant_note)
+                         cache_note=note, variant_note=plan.variant_note)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything :func:`compile_model` was asked, normalized (shapes as int tuples, paths)."""
+    target: Target
+    input_shapes: dict[str, tuple[int, ...]]
+    example_inputs: Sequence[Any] | None
+    pipeline: str | None
+    print_ir_after: tuple[str, ...]
+    force: bool
+    use_cache: bool
+    tuning_logs: tuple[Path, ...]
+    use_shipped_logs: bool
+    rule_schedule: bool
+    transfer_tuning: bool
+    quantize: Quantization | None
+    isa_variants: bool
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a compile will do, decided before any work: passes, logs and extra builds."""
+    target: Target
+    choice: _PipelineChoice
+    pipeline_name: str
+    pass_names: tuple[str, ...]
+    logs: list[Path]
+    cross_logs: list[Path]
+    variants: list[Target]
+    variant_logs: dict[str, tuple[list[Path], list[Path]]]
+    variant_note: str | None
+
+
+def _plan(opts: CompileOptions, output: Path) -> _Plan:
+    """Check the output, the toolchains and the pass names; choose passes, logs and variants."""
+    tgt = opts.target
+    check_output_dir(output, force=opts.force)
+    check_toolchain(tgt)
+    choice = _PipelineChoice(pipeline=opts.pipeline, quantize=opts.quantize,
+                             rule_schedule=opts.rule_schedule,
+                             transfer_tuning=opts.transfer_tuning,
+                             use_shipped_logs=opts.use_shipped_logs)
+    pipeline_name, pass_names = choice.passes_for(tgt)
+    passes.check_pass_names(opts.print_ir_after)
+    variants, variant_note = [], None
+    if opts.isa_variants and tgt.variants:
+        if opts.tuning_logs:
+            variant_note = (f"no {', '.join(tgt.variants)} build: the --tuning-log records are "
+                            f"for {tgt.name} only")
+        else:
+            variants = variant_targets(tgt)
+            for v in variants:
+                check_toolchain(v)
+    logs, cross_logs = choice.logs_for(tgt, extra=opts.tuning_logs)
+    return _Plan(target=tgt, choice=choice, pipeline_name=pipeline_name, pass_names=pass_names,
+                 logs=logs, cross_logs=cross_logs, variants=variants,
+                 variant_logs={v.name: choice.logs_for(v) for v in variants},
+                 variant_note=variant_note)
+
+
+def _cache_key(plan: _Plan, opts: CompileOptions, src) -> str | None:
+    """The compile cache's key for this compile (None: not cached, e.g. a torch module)."""
+    if not opts.use_cache or src.raw is None or opts.print_ir_after:
+        return None
+    options = {"input_shapes": {k: list(v) for k, v in sorted(opts.input_shapes.items())},
+               "pipeline": list(plan.pass_names), "tuning": tuning_log.fingerprint(plan.logs),
+               "donors": tuning_log.fingerprint(plan.cross_logs),
+               "quantize": opts.quantize.cache_key() if opts.quantize else None,
+               "variants": {name: [tuning_log.fingerprint(logs) for logs in pair]
+                            for name, pair in plan.variant_logs.items()}}
+    return cache.cache_key(model_sha256=hashlib.sha256(src.raw).hexdigest(),
+                           target=plan.target.to_dict(), options=options,
+                           edgecc_version=__version__)
+
+
+def _from_cache(key: str, plan: _Plan, output: Path, *, force: bool
+                ) -> tuple[Manifest | None, str | None]:
+    """(the manifest of the cached artifact copied to ``output``, None) on a hit; (None, why
+    the entry was dropped, or None) on a miss."""
+    hit, note = cache.lookup(key)
+    if hit is None:
+        return None, note
+    cache.copy_out(hit, output, force=force)
+    manifest = Manifest.read(output)
+    here = [str(p) for p in plan.logs]  # same contents (fingerprint), maybe other paths
+    if manifest.options.get("tuning_logs") != here:
+        manifest = replace(manifest, options={**manifest.options, "tuning_logs": here})
+        manifest.write(output)
+    return manifest, note
+
+
+def _quantize(src, calibration, quantize: Quantization | None, tmp: Path, timed
+              ) -> tuple[bytes | None, dict | None]:
+    """(the model bytes to import, the manifest's quantization record): int8 calibrates a QDQ
+    copy of the model (kept in the artifact), fp16 happens in the passes."""
+    if calibration is None:
+        return src.raw, ({"mode": quantize.mode} if quantize is not None else None)
+    from ..compress.quantize import quantize_int8  # noqa: PLC0415
+
+    with stage("quantize", timed):
+        source, report = quantize_int8(src.raw, calibration, method=quantize.method,
+                                       per_channel=quantize.per_channel)
+        (tmp / QDQ_MODEL).write_bytes(source)
+    return source, {"mode": "int8", "method": quantize.method,
+                    "per_channel": quantize.per_channel, "qdq_model": QDQ_MODEL,
+                    **report.to_dict()}
+
+
+def _export(tmp: Path, plan: _Plan, imported, result, *, kernels, weights, quant_info,
+            fallbacks: list[str], variants: list[Variant]) -> Manifest:
+    tgt = plan.target
+    manifest = Manifest(
+        model_name=imported.name, model_sha256=imported.sha256, target=tgt.name,
+        arch=tgt.arch, device=tgt.device, tvm_target=tgt.target_json(),
+        tvm_version=cache.tvm_version(), edgecc_version=__version__,
+        inputs=imported.inputs, outputs=imported.outputs, passes=plan.pass_names,
+        library=LIBRARY_NAME, library_sha256=sha256_file(result.library),
+        library_bytes=result.library.stat().st_size,
+        options={"pipeline": plan.pipeline_name,
+                 "cuda_fatbin": result.cuda_fatbin.name if result.cuda_fatbin else None,
+                 "kernels": kernels,
+                 "weights_bytes": weights,
+                 "quantize": quant_info,
+                 "tuning_logs": [str(p) for p in plan.logs],
+                 "fallbacks": fallbacks},
+        cpu_features=tgt.cpu_features, variants=tuple(variants),
+    )
+    manifest.write(tmp)
+    return manifest
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ def register_tune(sub) -> None:
     p = sub.add_parser("tune", help="auto-tune a model's kernels for a target (MetaSchedule)",
                        description="Tune the fused kernels of MODEL for TARGET with MetaSchedule "
                        "and an XGBoost cost model, locally or on a device behind a TVM RPC "
-                       "tracker. Records go to a tuning log (default tuning_logs/<target>/) that "
-                       "'edgecc compile' applies. Re-running resumes; Ctrl-C keeps every record.")
+                       "tracker. Records go to a tuning log (default: your log library, "
+                       "~/.local/share/edgecc/tuning_logs/<target>/, or $EDGECC_USER_TUNING_LOGS) "
+                       "that 'edgecc compile' applies. Re-running resumes; Ctrl-C keeps every record.")
     p.add_argument("model", help="the ONNX model file")
     p.add_argument("-t", "--target", default="x86_64",
                    help="named target, raw triple, or 'native' (this machine's CPU)")
@@ -24,7 +25,7 @@ def register_tune(sub) -> None:
     p.add_argument("--time-budget", metavar="DURATION",
                    help="stop after this long, keeping all records (e.g. 90s, 10m, 1h)")
     p.add_argument("--log-dir", type=Path, help="tuning log directory (default "
-                   "tuning_logs/<target>/)")
+                   "~/.local/share/edgecc/tuning_logs/<target>/, which compiles apply)")
     p.add_argument("--input-shape", action="append", type=parse_input_shape, default=[],
                    metavar="NAME=D0,D1,...", help="pin an input's shape; repeatable")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on a device registered "

@@ -36,6 +36,22 @@ def shipped_log_dir(target: Target) -> Path:
     return shipped_root() / target.name
 
 
+def user_root() -> Path:
+    """The user's own log library, where ``edgecc tune`` writes by default (never into the
+    installed package): ``$EDGECC_USER_TUNING_LOGS``, else ``$XDG_DATA_HOME/edgecc/tuning_logs``
+    (``~/.local/share/edgecc/tuning_logs``), laid out like the shipped logs. A compile applies
+    it like the shipped logs."""
+    if os.environ.get("EDGECC_USER_TUNING_LOGS"):
+        return Path(os.environ["EDGECC_USER_TUNING_LOGS"])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "edgecc" / "tuning_logs"
+
+
+def user_log_dir(target: Target) -> Path:
+    """``edgecc tune``'s default log for ``target``."""
+    return user_root() / target.name
+
+
 # how a log's candidates are timed (meta.json "measured"); logs older than the key are warm
 COLD, WARM = "cold", "warm"
 MEASURED = {
@@ -110,13 +126,20 @@ def open_database(directory: Path):
                                     allow_missing=True)
 
 
-def shipped_logs(target: Target) -> list[Path]:
-    """``tuning_logs/<target>/`` itself and each of its subdirectories that is a log."""
-    root = shipped_log_dir(target)
+def _logs_under(root: Path) -> list[Path]:
+    """``root`` itself and each of its subdirectories that is a log."""
     if not root.is_dir():
         return []
     candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
     return [d for d in candidates if (d / META).is_file()]
+
+
+def shipped_logs(target: Target) -> list[Path]:
+    """The logs in effect by default for ``target``: the shipped ``tuning_logs/<target>/``
+    ones, then the user's (:func:`user_root`)."""
+    shipped = _logs_under(shipped_log_dir(target))
+    seen = {d.resolve() for d in shipped}
+    return shipped + [d for d in _logs_under(user_log_dir(target)) if d.resolve() not in seen]
 
 
 def logs_for_compile(target: Target, extra: tuple[Path, ...], *,

@@ -110,8 +110,8 @@ def tune_model(
     transfer_seeds: bool = True,
     cache_flush: bool | None = None,
 ) -> TuneResult:
-    """Tune ``model``'s kernels for ``target``; records go to ``log_dir`` (default
-    ``tuning_logs/<target>/``). ``quantize`` (an :class:`edgecc.compress.quantize.Quantization`) tunes the
+    """Tune ``model``'s kernels for ``target``; records go to ``log_dir`` (default: the user's
+    log library, :func:`tuning_log.user_log_dir`, which compiles apply). ``quantize`` (an :class:`edgecc.compress.quantize.Quantization`) tunes the
     kernels of that compressed variant, exactly as ``compile`` with the same option builds it.
     ``cache_flush`` chooses how a new log's candidates are timed (True or None: caches flushed
     before each run, the weights cold as inside a model; False: warm); an existing log is
@@ -132,7 +132,7 @@ def tune_model(
         check_device(rpc)
         info = probe_device(rpc, arch=tgt.arch, what=f"tuning for {tgt.name}") or {}
         cores = num_cores or int(info.get("threads") or 0) or 4
-    log_dir = Path(log_dir) if log_dir else tuning_log.shipped_log_dir(tgt)
+    log_dir = Path(log_dir) if log_dir else tuning_log.user_log_dir(tgt)
     measured = tuning_log.measurement_for(log_dir, cache_flush)
     tuning_log.ensure_log(log_dir, tgt, cache.tvm_version(), measured=measured)
 

@@ -85,6 +85,8 @@ int ParseInt(const std::string& flag, const std::string& v, int min);
 
 // ---------------------------------------------------------------- checks (integrity.cc)
 std::string Sha256Hex(const std::string& path);
+// Why the 64-bit ELF file at `path` is incomplete ("" if it is whole, or not such an ELF file).
+std::string IncompleteElf(const std::string& path);
 void CheckRuntime(const Manifest& m, const std::string& dir);
 std::string CheckLibrary(const std::string& dir, const Build& b, bool verify);
 

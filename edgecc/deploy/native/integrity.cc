@@ -111,7 +111,35 @@ std::string StatKey(const struct stat& st) {
          " " + std::to_string(static_cast<unsigned long long>(st.st_ino));
 }
 
+template <typename T>
+T Field(const std::string& h, size_t at) {
+  T v;
+  std::memcpy(&v, h.data() + at, sizeof(T));
+  return v;
+}
+
 }  // namespace
+
+std::string IncompleteElf(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::string h(64, '\0');
+  if (!f.read(h.data(), 64) || h.compare(0, 4, "\x7f" "ELF") != 0 || h[4] != 2) return "";
+  f.seekg(0, std::ios::end);
+  uint64_t size = static_cast<uint64_t>(f.tellg());
+  uint64_t phoff = Field<uint64_t>(h, 32), shoff = Field<uint64_t>(h, 40);
+  uint16_t phentsize = Field<uint16_t>(h, 54), phnum = Field<uint16_t>(h, 56);
+  uint16_t shentsize = Field<uint16_t>(h, 58), shnum = Field<uint16_t>(h, 60);
+  uint64_t need = std::max(phoff + uint64_t(phnum) * phentsize, shoff + uint64_t(shnum) * shentsize);
+  for (uint16_t i = 0; i < phnum && phoff + uint64_t(i + 1) * phentsize <= size; ++i) {
+    std::string ph(56, '\0');
+    f.seekg(static_cast<std::streamoff>(phoff + uint64_t(i) * phentsize));
+    if (!f.read(ph.data(), 56)) break;
+    need = std::max(need, Field<uint64_t>(ph, 8) + Field<uint64_t>(ph, 32));  // p_offset + p_filesz
+  }
+  if (need <= size) return "";
+  return std::to_string(size) + " bytes, its headers say at least " + std::to_string(need) +
+         " (a truncated copy?)";
+}
 
 std::string Sha256Hex(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

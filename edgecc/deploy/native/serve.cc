@@ -3,6 +3,8 @@
 // in a forked child with the runtime's own `rpc.ServerLoop`, in a fresh work directory.
 #include "edgecc_run.h"
 
+#include <sys/time.h>
+
 namespace edgecc {
 namespace {
 
@@ -260,7 +262,12 @@ void RegisterServerFunctions() {
   ffi::Function::SetGlobal(
       "tvm.rpc.server.load_module",
       ffi::Function::FromTyped([](ffi::String name) -> ffi::Module {
-        return ffi::Module::LoadFromFile(ffi::String(WorkPath(std::string(name))));
+        std::string path = WorkPath(std::string(name));
+        std::string why = IncompleteElf(path);  // dlopen of a truncated library can crash
+        if (!why.empty())
+          TVM_FFI_THROW(ValueError) << "edgecc-run serve refuses to load '" << name << "': "
+                                    << why;
+        return ffi::Module::LoadFromFile(ffi::String(path));
       }),
       true);
   // the runtime's own upload writes wherever workpath says, any size: checked here instead
@@ -410,6 +417,10 @@ int Serve(const ServeOptions& o) {
         }
         int c = accept(lfd, nullptr, nullptr);
         if (c < 0) continue;
+        // a client has 10 s to say who it is: a silent or half-sent handshake must not block
+        // the server (it serves one session at a time)
+        timeval handshake{10, 0};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &handshake, sizeof(handshake));
         try {
           if (RecvInt(c) != kRPCMagic) throw std::runtime_error("not an RPC client");
           int32_t n = RecvInt(c);
@@ -444,6 +455,8 @@ int Serve(const ServeOptions& o) {
           SendAll(c, server_key.data(), server_key.size());
           int nodelay = 1;
           setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
+          timeval none{0, 0};  // the session itself may be quiet for as long as it likes
+          setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
           conn = c;
         } catch (const std::exception&) {
           close(c);

@@ -16,6 +16,7 @@ echo "wheel: $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB)"
 echo "venv: $(du -sm "$work/venv" | cut -f1) MiB; nvidia packages: $("$work/venv/bin/python" -m pip list 2>/dev/null | grep -ci nvidia || true)"
 
 cd "$work"  # nothing from the checkout on the path
+export EDGECC_USER_TUNING_LOGS="$work/no-user-logs"  # the shipped logs only, whatever this user tuned
 bin="$work/venv/bin"
 "$bin/edgecc" targets >/dev/null
 "$PY" "$OLDPWD/examples/make_models.py" -o models mobilenetv2 >/dev/null
@@ -31,4 +32,6 @@ PY
 "$bin/edgecc" package out/mobilenetv2 -o mobilenetv2.tar.gz
 tar -tzf mobilenetv2.tar.gz > bundle.txt  # (grep -q on a pipe would SIGPIPE tar)
 grep -q 'bin/edgecc-run$' bundle.txt
+grep -q 'lib/libedgecc_runtime.so$' bundle.txt  # the C API, and a program built against it
+grep -q 'bin/run_model$' bundle.txt
 echo "wheel check: ok"

@@ -372,3 +372,21 @@ def test_a_client_killed_mid_upload_a_truncated_library_and_a_silent_client(conv
         _settled(server)
         assert _footprint(server) == before
         assert cluster.servers["upload"].poll() is None
+
+
+def test_a_server_stopped_mid_session_leaves_no_work_directory():
+    """SIGTERM (how a service manager, or these tests, stop it) ends the session and removes
+    its work directory before the server exits."""
+    import psutil
+
+    with device_cluster({"stopping": native_server("x86_64")}) as cluster:
+        settings = RPCSettings(HOST, cluster.port, "stopping")
+        sess = _session(settings)
+        sess.upload(bytearray(b"x"), "marker.bin")
+        [work] = [d for d in Path("/tmp").glob("edgecc-rpc-*") if (d / "marker.bin").exists()]
+        server = psutil.Process(cluster.servers["stopping"].pid)
+        assert server.children()
+        cluster.servers["stopping"].terminate()  # SIGTERM to the server alone
+        assert cluster.servers["stopping"].wait(timeout=20) == 0
+        assert not work.exists()
+        del sess

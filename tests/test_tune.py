@@ -374,7 +374,7 @@ def test_tune_writes_to_the_users_log_library_which_compile_applies(tmp_path, ca
     onnx.save(make_conv_model(bn=False, cout=4), tmp_path / "m.onnx")
     package_log = Path(edgecc.__file__).parent / "tuning_logs" / "x86_64"
     package_files = sorted(p for p in package_log.rglob("*") if p.is_file())
-    assert main(["tune", str(tmp_path / "m.onnx"), "--trials", "2", "--no-transfer-seeds"]) == 0
+    assert main(["tune", str(tmp_path / "m.onnx"), "--trials", "1", "--no-transfer-seeds"]) == 0
     user = Path(os.environ["EDGECC_USER_TUNING_LOGS"]) / "x86_64"
     assert str(user) in capsys.readouterr().out
     assert (user / "meta.json").is_file() and tuning_log.read_records([user])

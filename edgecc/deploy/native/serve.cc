@@ -73,6 +73,9 @@ bool SameToken(const std::string& a, const std::string& b) {  // constant time f
 }
 
 std::string g_workdir;  // the running session's work directory (set in the session's child)
+volatile std::sig_atomic_t g_stop = 0;  // SIGTERM/SIGINT: end the session, clean up, exit
+
+extern "C" void OnStopSignal(int) { g_stop = 1; }
 int64_t g_max_upload = int64_t(256) << 20;  // bytes: one upload; the work directory holds 4x
 
 // `name` inside the session's work directory: a client names files relative to it, never an
@@ -331,6 +334,8 @@ void ServeSession(int conn, double timeout_s) {
   pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
+    std::signal(SIGTERM, SIG_DFL);
+    std::signal(SIGINT, SIG_DFL);
     g_workdir = dir;
     if (chdir(dir.c_str()) != 0) _exit(3);
     int code = 0;
@@ -353,6 +358,11 @@ void ServeSession(int conn, double timeout_s) {
       waitpid(pid, &status, 0);
       break;
     }
+    if (g_stop) {  // the server is being stopped: so is its session, and its directory goes
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      break;
+    }
     usleep(20000);
   }
   std::string rm = "rm -rf '" + dir + "'";
@@ -361,6 +371,10 @@ void ServeSession(int conn, double timeout_s) {
 
 int Serve(const ServeOptions& o) {
   std::signal(SIGPIPE, SIG_IGN);
+  struct sigaction stop {};
+  stop.sa_handler = OnStopSignal;  // no SA_RESTART: poll() returns, the loops see g_stop
+  sigaction(SIGTERM, &stop, nullptr);
+  sigaction(SIGINT, &stop, nullptr);
   g_max_upload = o.max_upload_mb << 20;
   if (o.no_token && !o.token_file.empty())
     throw UserError("--no-token and --token-file exclude each other");
@@ -398,16 +412,18 @@ int Serve(const ServeOptions& o) {
               threads ? threads : "?", o.host.c_str(), port, o.key.c_str(),
               o.tracker_host.c_str(), o.tracker_port);
   std::fflush(stdout);
-  while (true) {
+  while (!g_stop) {
     try {
       if (!tracker.connected()) tracker.Connect(1e9);  // the tracker restarted: keep trying
       tracker.Put();
       int unmatched = 0;
       int conn = -1;
       double timeout = o.session_timeout;
-      while (conn < 0) {
+      while (conn < 0 && !g_stop) {
         pollfd p{lfd, POLLIN, 0};
-        if (poll(&p, 1, 2000) == 0) {  // idle: is our key still offered?
+        int ready = poll(&p, 1, 2000);
+        if (ready < 0) continue;  // a signal: g_stop says whether to go on
+        if (ready == 0) {  // idle: is our key still offered?
           unmatched = tracker.Pending() ? 0 : unmatched + 1;
           if (unmatched * 2 > 6) {  // handed to a client that never came: offer a new key
             tracker.Put();
@@ -462,6 +478,7 @@ int Serve(const ServeOptions& o) {
           close(c);
         }
       }
+      if (conn < 0) break;  // stopped while waiting
       ServeSession(conn, timeout);
     } catch (const UserError&) {
       throw;
@@ -471,6 +488,8 @@ int Serve(const ServeOptions& o) {
       sleep(1);
     }
   }
+  close(lfd);
+  return 0;
 }
 
 ServeOptions ParseServeArgs(int argc, char** argv) {

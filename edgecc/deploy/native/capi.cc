@@ -20,17 +20,6 @@ struct ViewAlloc {  // a tensor over memory the caller owns: nothing allocated, 
   void FreeData(DLTensor*) {}
 };
 
-struct AlignedAlloc {
-  void AllocData(DLTensor* t) {
-    size_t n = ffi::GetDataSize(*t);
-    size_t rounded = (std::max<size_t>(n, 1) + 63) / 64 * 64;
-    t->data = std::aligned_alloc(64, rounded);
-    if (t->data == nullptr) throw std::bad_alloc();
-    std::memset(t->data, 0, rounded);
-  }
-  void FreeData(DLTensor* t) { std::free(t->data); }
-};
-
 size_t Bytes(const std::vector<int64_t>& shape, const std::string& dtype) {
   DLDataType dt = edgecc::Dtypes().at(dtype);
   size_t n = 1;
@@ -168,7 +157,7 @@ struct edgecc_model {
       if (reinterpret_cast<uintptr_t>(p) % 64 == 0) {
         out.push_back(ffi::Tensor::FromNDAlloc(ViewAlloc{p}, shape, dt, cpu));
       } else {  // the kernels assume 64-byte aligned buffers: copy
-        ffi::Tensor t = ffi::Tensor::FromNDAlloc(AlignedAlloc(), shape, dt, cpu);
+        ffi::Tensor t = ffi::Tensor::FromNDAlloc(edgecc::AlignedCPUAlloc(), shape, dt, cpu);
         std::memcpy(t.data_ptr(), p, Bytes(s.shape, s.dtype));
         out.push_back(t);
       }
@@ -338,7 +327,7 @@ edgecc_status edgecc_model_time(edgecc_model* model, const void* const* inputs, 
       in = model->Inputs(inputs);
     } else {
       for (const auto& s : model->manifest.inputs)
-        in.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(),
+        in.push_back(ffi::Tensor::FromNDAlloc(edgecc::AlignedCPUAlloc(),
                                               ffi::ShapeView(s.shape.data(), s.shape.size()),
                                               edgecc::Dtypes().at(s.dtype), DLDevice{kDLCPU, 0}));
     }

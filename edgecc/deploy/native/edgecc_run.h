@@ -53,6 +53,18 @@ struct UserError : std::runtime_error {  // reported as one "error: ..." line, e
   using std::runtime_error::runtime_error;
 };
 
+// Zeroed, 64-byte aligned CPU memory for a tensor (the kernels assume that alignment).
+struct AlignedCPUAlloc {
+  void AllocData(DLTensor* t) {
+    size_t n = ffi::GetDataSize(*t);
+    size_t rounded = (std::max<size_t>(n, 1) + 63) / 64 * 64;
+    t->data = std::aligned_alloc(64, rounded);
+    if (t->data == nullptr) throw std::bad_alloc();
+    std::memset(t->data, 0, rounded);
+  }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
 // ---------------------------------------------------------------- manifest (manifest.cc)
 struct TensorSpec {
   std::string name;

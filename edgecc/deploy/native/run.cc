@@ -9,17 +9,6 @@ namespace edgecc {
 namespace {
 
 // ---------------------------------------------------------------- tensors and .npy
-struct AlignedCPUAlloc {
-  void AllocData(DLTensor* t) {
-    size_t n = ffi::GetDataSize(*t);
-    size_t rounded = (std::max<size_t>(n, 1) + 63) / 64 * 64;
-    t->data = std::aligned_alloc(64, rounded);
-    if (t->data == nullptr) throw std::bad_alloc();
-    std::memset(t->data, 0, rounded);
-  }
-  void FreeData(DLTensor* t) { std::free(t->data); }
-};
-
 ffi::Tensor NewTensor(const std::vector<int64_t>& shape, const std::string& dtype) {
   return ffi::Tensor::FromNDAlloc(AlignedCPUAlloc(), ffi::ShapeView(shape.data(), shape.size()),
                                   Dtypes().at(dtype), DLDevice{kDLCPU, 0});

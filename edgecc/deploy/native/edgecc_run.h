@@ -94,6 +94,10 @@ std::set<std::string> CpuFlags();
 const Build& ChooseBuild(const Manifest& m, const std::set<std::string>& flags,
                          const std::string& want, const std::string& dir);
 int ParseInt(const std::string& flag, const std::string& v, int min);
+// Command-line helpers of both verbs (main.cc, edgecc-run only): the value after option argv[i] (advancing i; "--x needs a
+// value" when there is none), and -h/--help printing the usage and exiting 0.
+std::string NextValue(int argc, char** argv, int& i);
+void ExitOnHelp(const std::string& arg);
 
 // ---------------------------------------------------------------- checks (integrity.cc)
 std::string Sha256Hex(const std::string& path);

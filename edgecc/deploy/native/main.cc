@@ -52,6 +52,17 @@ const char* kUsage =
     "  --no-token             accept any client (anyone who reaches the port runs code here)\n";
 
 
+std::string NextValue(int argc, char** argv, int& i) {
+  if (i + 1 >= argc) throw UserError(std::string(argv[i]) + " needs a value");
+  return argv[++i];
+}
+
+void ExitOnHelp(const std::string& arg) {
+  if (arg != "-h" && arg != "--help") return;
+  std::fputs(kUsage, stdout);
+  std::exit(0);
+}
+
 }  // namespace edgecc
 
 int main(int argc, char** argv) {

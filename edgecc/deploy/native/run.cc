@@ -113,14 +113,9 @@ Options ParseArgs(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw UserError(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (a == "--input" || a == "-i") {
+    auto next = [&]() { return NextValue(argc, argv, i); };
+    ExitOnHelp(a);
+    if (a == "--input" || a == "-i") {
       std::string v = next();
       size_t eq = v.find('=');
       if (eq == std::string::npos || eq == 0 || eq + 1 == v.size())

@@ -496,14 +496,9 @@ ServeOptions ParseServeArgs(int argc, char** argv) {
   ServeOptions o;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw UserError(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (a == "--tracker") {
+    auto next = [&]() { return NextValue(argc, argv, i); };
+    ExitOnHelp(a);
+    if (a == "--tracker") {
       std::string v = next();
       size_t colon = v.rfind(':');
       if (colon == std::string::npos || colon == 0)

@@ -12,7 +12,9 @@ from conftest import ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 import edgecc
-from edgecc.schedules.rule_tiling import default_tiles, is_contraction, producer_location, vector_bits
+from edgecc.schedules.rule_tiling import (VECTOR_REGISTERS, default_tiles, is_contraction,
+                                         producer_location, register_tile, tile_efficiency,
+                                         vector_bits)
 from edgecc.runtime import load, random_inputs
 from edgecc.targets import get_target
 
@@ -26,9 +28,36 @@ def test_tiles_make_a_register_tile_of_channel_vectors_by_rows():
         [1, 1, 1, 1], [24, 1, 1, 1], [4, 1, 1, 6], [3, 1, 1, 32], [3, 1], [3, 1], [16, 1]]
     # 24 channels: the largest power of two that divides (8), not an odd-length vector
     assert default_tiles([1, 7, 7, 24, 3, 3, 8], NHWC_3X3, lanes=16)[3] == [3, 1, 1, 8]
-    # a 7-wide row has no divisor up to 6 but 1; a prime channel count is taken whole
+    # a prime channel count is taken whole (one vector); a 7-wide row has no divisor up to 6
+    # but 1, so with one vector all 7 rows are the tile (7 accumulators)
     tiles = default_tiles([1, 7, 7, 7, 1, 1, 3], NHWC_3X3, lanes=8)
-    assert tiles[2] == [7, 1, 1, 1] and tiles[3] == [1, 1, 1, 7]
+    assert tiles[2] == [1, 1, 1, 7] and tiles[3] == [1, 1, 1, 7]
+
+
+def test_register_tile_takes_rows_from_two_loops_when_one_splits_badly():
+    # AVX2 (8 lanes). Extents that split well keep 6 (or 4) rows of one loop by 2 vectors
+    assert register_tile(96, [24, 24], lanes=8) == (16, [6, 1])
+    assert register_tile(64, [56, 56], lanes=8) == (16, [4, 1])
+    # 14x14: 2 rows of each (8 accumulators), not the 2 rows of one (4)
+    assert register_tile(256, [14, 14], lanes=8) == (16, [2, 2])
+    # 7x7: 7 rows by 1 vector (7 accumulators), not 1 row by 2 vectors (2)
+    assert register_tile(512, [7, 7], lanes=8) == (8, [7, 1])
+    # a prime row count with no second loop (ViT's 197 tokens): 4 vectors by 1 row
+    assert register_tile(576, [197], lanes=8) == (32, [1])
+    # 13x13 and 1000 channels (one vector divides it): all 13 rows (13 accumulators)
+    assert register_tile(1000, [13, 13], lanes=8) == (8, [13, 1])
+    # never more registers than AVX2 has: accumulators + vectors + one broadcast
+    for vec_extent, rows in ((512, [7, 7]), (96, [24, 24]), (320, [3, 3]), (64, [11, 13]),
+                             (75, [20, 20]), (1000, [13, 13])):
+        vec, factors = register_tile(vec_extent, rows, lanes=8)
+        vectors = -(-vec // 8)  # a partial vector takes a register too
+        assert math.prod(factors) * vectors + vectors + 1 <= VECTOR_REGISTERS
+
+
+def test_tile_efficiency_model():
+    assert tile_efficiency(6, 2) == tile_efficiency(4, 2) == 1.0  # 12 / 8 accumulators
+    assert tile_efficiency(1, 2) == 0.25  # latency bound: 2 chains of 4-cycle multiply-adds
+    assert tile_efficiency(7, 1) == 7 / 8  # bound by its 8 loads
 
 
 def test_tiles_always_multiply_back_to_the_loop_extents():

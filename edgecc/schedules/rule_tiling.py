@@ -24,43 +24,102 @@ from .trace import (anchor_block, anchor_loop_positions, largest_divisor, postpr
                     tune_context)
 
 DEFAULT_CORES = 4  # parallel extent when the target names no core count (16 jobs per core)
-# iterations of the second-innermost output loop in the register tile: 6 rows x 2 vectors = 12
-# accumulator registers (measured, no logs: 6 rows ran mobilenetv2 25% (avx512) and 18% (AVX2)
-# faster than 4, resnet18 3% and 7%; 8 rows spill AVX2's 16 registers)
-ROW_TILE = 6
-RULE_VERSION = 2  # bump when the rule changes: tune measures each task's new rule seed again
+# vector registers a register tile may take: its accumulators, its vectors of the second
+# operand and one broadcast value. AVX2 has 16 (6 rows x 2 vectors = 12 accumulators fit;
+# measured, no logs: 6 rows ran mobilenetv2 25% (avx512) and 18% (AVX2) faster than 4, resnet18
+# 3% and 7%; 8 rows x 2 vectors spill); AVX-512 and NEON have 32, but the same tiles measured
+# well there, so the budget is the same
+VECTOR_REGISTERS = 16
+# vectors of the innermost output loop in a tile: 1, 2 or 4 (ViT's matmuls with one row: 4
+# vectors ran 10-35% faster than 2, 6 vectors 2.3-3.2x slower)
+VECTOR_COUNTS = (1, 2, 4)
+FMA_LATENCY = 4  # cycles (tile_efficiency's core model)
+RULE_VERSION = 3  # bump when the rule changes: tune measures each task's new rule seed again
 UNROLL_STEP = 64  # the unroll depth picked among MetaSchedule's candidates (0, 16, 64, 512)
 INLINE_PRODUCER_MAX_REDUCTION = 64  # see producer_location
 SEED = 0  # the design space samples its other decisions (compute locations) with this seed
 
 
-def default_tiles(extents: Sequence[int], levels: Sequence[int], *,
-                  lanes: int) -> list[list[int]]:
+def default_tiles(extents: Sequence[int], levels: Sequence[int], *, lanes: int,
+                  shares_vector: Sequence[bool] | None = None) -> list[list[int]]:
     """Tile factors, outermost first, for the anchor loops of a multi-level tiling sketch:
     ``levels[i]`` is how many ways loop ``i`` (of ``extents[i]`` iterations) is split (4 for an
     output loop, 2 for a reduction loop in SSRSRS).
 
-    The innermost output loop gets the largest power of two dividing it, up to two vectors
-    (``2 * lanes``; any divisor when no power of two above 1 divides), as its innermost factor:
-    what is vectorized. The next output loop with more than one iteration gets up to
-    :data:`ROW_TILE` innermost (register rows; odd divisors are fine here). Every other factor
+    The innermost factors of the output loops are the register tile (:func:`register_tile`):
+    a vector of the innermost output loop by rows taken from one or two of the loops outside
+    it (the second only where ``shares_vector[i]``: its iterations load the same vectors, as a
+    conv's rows share its weights; a batched matmul's batch loop does not). Every other factor
     goes to the outermost level: outer output loops are fused into the parallel loop, and the
     reduction runs whole around the register tile."""
 
     spatial = [i for i, n in enumerate(levels) if n > 2]
-    last = spatial[-1] if spatial else None
-    rows = next((i for i in reversed(spatial[:-1]) if extents[i] > 1), None)
+    inner = {}
+    if spatial:
+        last = spatial[-1]
+        rows = [i for i in reversed(spatial[:-1]) if extents[i] > 1][:2]
+        if len(rows) == 2 and shares_vector is not None and not shares_vector[rows[1]]:
+            rows = rows[:1]
+        vector, row_factors = register_tile(extents[last], [extents[i] for i in rows],
+                                            lanes=lanes)
+        inner = {last: vector, **dict(zip(rows, row_factors, strict=True))}
     out = []
     for i, (extent, n) in enumerate(zip(extents, levels, strict=True)):
-        inner = 1
-        if i == last:
-            inner = largest_divisor(extent, 2 * lanes, pow2=True)
-            if inner == 1:
-                inner = largest_divisor(extent, 2 * lanes)
-        elif i == rows:
-            inner = largest_divisor(extent, ROW_TILE)
-        out.append([extent // inner] + [1] * (n - 2) + [inner] if n > 1 else [extent])
+        f = inner.get(i, 1)
+        out.append([extent // f] + [1] * (n - 2) + [f] if n > 1 else [extent])
     return out
+
+
+def register_tile(vector_extent: int, row_extents: Sequence[int], *,
+                  lanes: int) -> tuple[int, list[int]]:
+    """The register tile of a contraction: (innermost factor of the vector loop, innermost
+    factor of each row loop in ``row_extents``, innermost first).
+
+    Each step of the reduction loads the tile's vectors of the second operand, broadcasts one
+    value per row and does rows x vectors multiply-adds into as many accumulator registers
+    (accumulators + vectors + 1 at most :data:`VECTOR_REGISTERS`). A tile is scored by a
+    model of one step (:func:`tile_efficiency`: two multiply-adds and two loads a cycle, a
+    multiply-add's result ready four cycles later), then by having two vectors (the measured
+    default), then by multiply-adds per load, then by using fewer row loops, the innermost
+    first. The vector is
+    1, 2 or 4 vectors of the loop (:data:`VECTOR_COUNTS`; the largest power of two dividing it,
+    up to two vectors, when it has no multiple of the vector width): four only where rows are
+    too few for two (ViT's 197 tokens: a prime). Rows come from one loop (6 rows by 2 vectors
+    when the extents allow: the best measured) or, when its extent splits badly (7, 14, 13: a
+    prime factor above 6), from two (14x14: 2x2 rows by 2 vectors) or with one vector (7x7: 7
+    rows; SqueezeNet's 13x13 classifier with 1000 channels: 13 rows)."""
+
+    if vector_extent % lanes:
+        vec = largest_divisor(vector_extent, 2 * lanes, pow2=True)
+        vecs = [vec if vec > 1 else largest_divisor(vector_extent, 2 * lanes)]
+    else:
+        vecs = [lanes * k for k in VECTOR_COUNTS if vector_extent % (lanes * k) == 0]
+    most = VECTOR_REGISTERS - 2  # accumulators beside one vector and one broadcast
+    divisors = [[d for d in range(1, min(e, most) + 1) if e % d == 0] for e in row_extents]
+    candidates = [([], 1)]
+    for ds in divisors:
+        candidates = [(fs + [d], r * d) for fs, r in candidates for d in ds]
+    best, best_key = (vecs[0], [1] * len(row_extents)), None
+    for vec in vecs:
+        nvec = -(-vec // lanes)  # registers: a partial vector takes one too
+        for factors, rows in candidates:
+            if rows * nvec + nvec + 1 > VECTOR_REGISTERS:
+                continue
+            key = (tile_efficiency(rows, nvec), nvec == 2, rows * nvec / (rows + nvec),
+                   -sum(f > 1 for f in factors), factors)
+            if best_key is None or key > best_key:
+                best, best_key = (vec, factors), key
+    return best
+
+
+def tile_efficiency(rows: int, vectors: int) -> float:
+    """The share of peak multiply-add throughput a register tile of ``rows`` x ``vectors``
+    accumulators reaches in one reduction step, on a core that issues two vector multiply-adds
+    and two loads a cycle with a multiply-add latency of four cycles: the step takes at least
+    half a cycle per multiply-add, per load (``vectors`` + one broadcast per row), and four
+    cycles (each accumulator waits for its previous multiply-add)."""
+    fmas = rows * vectors
+    return fmas / max(fmas, rows + vectors, 2 * FMA_LATENCY)
 
 
 # the anchor accumulates a product of two buffer loads (conv, matmul): "+ A[...] * B[",
@@ -93,6 +152,26 @@ def producer_location(extents: Sequence[int], kinds: Sequence[int]) -> int:
         if kind == 2:
             reduction *= int(extent)
     return -2 if reduction <= INLINE_PRODUCER_MAX_REDUCTION else -1
+
+
+def shares_vector_operand(block) -> list[bool]:
+    """Per iterator of the anchor block: its iterations read the same elements of every operand
+    indexed by the innermost output iterator (the vectors of a register tile: a conv's
+    weights), so a register tile can take rows from it. None of those operands' indices use it
+    (a conv's output rows: yes; a batched matmul's batch: no)."""
+    from tvm.tirx.analysis import undefined_vars  # noqa: PLC0415
+
+    iters = list(block.iter_vars)
+    spatial = [iv for iv in iters if int(iv.iter_type) == 0]
+    if not spatial:
+        return [False] * len(iters)
+    vector = spatial[-1].var
+
+    def used(region) -> set[str]:
+        return {v.name for r in region.region for v in undefined_vars(r.min)}
+
+    vector_reads = [used(r) for r in block.reads if vector.name in used(r)]
+    return [not any(iv.var.name in u for u in vector_reads) for iv in iters]
 
 
 def vector_bits(target) -> int:
@@ -133,12 +212,13 @@ def rule_schedule(func, target):
     sketches.sort(key=lambda s: not any(i.kind.name in ("ReverseComputeAt", "CacheWrite")
                                         for i in s.trace.insts))
     location = producer_location(extents, kinds)
+    shares = shares_vector_operand(block)
     for sketch in sketches:
         tiles = _anchor_tile_insts(sketch.trace.insts, block.name_hint)
         if len(tiles) != len(extents):
             continue
         levels = [len(sketch.trace.decisions[inst]) for inst in tiles]
-        factors = default_tiles(extents, levels, lanes=lanes)
+        factors = default_tiles(extents, levels, lanes=lanes, shares_vector=shares)
         for where in dict.fromkeys((location, -1)):  # inlining may be refused: then at root
             sch = _replay(mod, sketch.trace, dict(zip(tiles, factors, strict=True)), where,
                           target)

@@ -25,6 +25,7 @@ from . import (
     cpu_schedule,
     decompose_inference,
     dispatch_library,
+    fast_math,
     fold_batchnorm,
     fold_constant,
     fallback,
@@ -33,6 +34,7 @@ from . import (
     layout_free,
     legalize,
     lower_dataflow,
+    pad_matmul,
     plan_memory,
     prepack_weights,
     qdq_to_int8,
@@ -56,7 +58,8 @@ class PassInfo:
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run, getattr(m, "OPTIONAL", False))
     for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
-              convert_layout, fold_constant, dispatch_library, legalize, annotate_patterns, fuse,
+              convert_layout, fold_constant, dispatch_library, fast_math, pad_matmul,
+              legalize, annotate_patterns, fuse,
               layout_free, apply_tuning, rule_schedule, transfer_tuning, cpu_schedule,
               prepack_weights, gpu_schedule, lower_dataflow, plan_memory, vm_lower)
 }
@@ -65,10 +68,10 @@ _FRONT = ("canonicalize", "fold-constant", "fold-batchnorm", "decompose-inferenc
           "fold-constant")
 _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
-    "cpu-default": _FRONT + ("convert-layout", "dispatch-library", "legalize",
-                             "annotate-patterns", "fold-constant", "fuse", "layout-free",
-                             "apply-tuning", "rule-schedule", "transfer-tuning", "cpu-schedule",
-                             "prepack-weights") + _LOWER,
+    "cpu-default": _FRONT + ("convert-layout", "dispatch-library", "fast-math", "pad-matmul",
+                             "legalize", "annotate-patterns", "fold-constant", "fuse",
+                             "layout-free", "apply-tuning", "rule-schedule", "transfer-tuning",
+                             "cpu-schedule", "prepack-weights") + _LOWER,
     "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                               "fold-constant", "fuse", "gpu-schedule") + _LOWER,
 }

@@ -9,7 +9,10 @@ to ORT's.
 Each ``LABEL=DIR`` is an artifact directory written by ``edgecc compile`` for this model (any
 target this machine runs); ``LABEL=DIR@BUILD`` runs that build of it (``@x86_64``: the AVX2
 build of an x86_64 artifact, which otherwise runs its AVX-512 build on CPUs that have AVX-512).
-``--no-torch`` leaves PyTorch out.
+``--no-torch`` leaves PyTorch out. ``--arch`` takes the model from the architecture zoo
+(examples/arch_zoo.py) at its real input size instead:
+
+    python benchmarks/bench_ab.py --arch resnet50 before=/tmp/r50-old after=/tmp/r50-new
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--arch", action="store_true",
+                   help="MODEL is an architecture-zoo name (examples/arch_zoo.py), real size")
+    p.add_argument("--pause", type=float, default=0.5,
+                   help="seconds between runtimes (ORT's pool spins after a run)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -46,7 +53,15 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model, example, onnx_path, feed = example_onnx(args.model, Path(tmp))
+        if args.arch:
+            import arch_zoo
+
+            onnx_path = Path(tmp) / f"{args.model}.onnx"
+            arch_zoo.export_arch(args.model, onnx_path)
+            model, example = arch_zoo.build_arch(args.model)
+            feed = {"input": example.numpy()}
+        else:
+            model, example, onnx_path, feed = example_onnx(args.model, Path(tmp))
         sess = ort_session(onnx_path, args.threads)
         reference = sess.run(None, feed)[0]
         runs = {}
@@ -64,7 +79,8 @@ def main(argv=None) -> int:
                     model(example)
             runs["PyTorch"] = torch_run
 
-        per_round = interleaved_ms(runs, rounds=args.rounds, on_round=lambda r, res: print(
+        per_round = interleaved_ms(runs, rounds=args.rounds, pause_s=args.pause,
+                                   on_round=lambda r, res: print(
             f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{k} {v[-1]:.3f}" for k, v in res.items()), flush=True))
 

@@ -11,7 +11,10 @@ gives the median over ``--repeats`` repeats of each cell's p50 and p99.
 
 Thread-pool knobs are read once per process by TVM, so each setting is its own run of this
 script: ``EDGECC_BIND_THREADS=1 python3 benchmarks/bench_load.py ...`` times the old default
-(workers pinned to cores).
+(workers pinned to cores). ``--idle-ab ROUNDS`` compares the defaults with the old ones on an
+idle CPU instead: each round runs one child process per setting (the order alternates), each
+child times ``--runs`` edgecc runs after ``--settle`` seconds, and the table gives the median
+p50/p99 per setting and the median of the per-round p50 ratios.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from common import example_onnx, machine, ort_session, table
 
 SPIN = "while True:\n    pass\n"
 LOADS = ("idle", "1 busy process", "2 busy processes", "2 threads")
+# the idle A/B: the defaults against those before issue 18 (workers pinned, no thread guard)
+SETTINGS = {"now (unpinned, guard)": {},
+            "before (pinned, no guard)": {"EDGECC_BIND_THREADS": "1",
+                                          "EDGECC_ADAPTIVE_THREADS": "0"}}
 
 
 def _percentiles(times: list[float]) -> tuple[float, float]:
@@ -74,6 +81,56 @@ def _stop(procs) -> None:
         p.wait()
 
 
+def _idle_child(artifact: Path, feed_path: Path, *, threads: int, runs: int,
+                settle: float) -> int:
+    """One side of the idle A/B: time ``runs`` runs in this process, print "p50 p99" (ms)."""
+    import numpy as np
+
+    import edgecc
+
+    with np.load(feed_path) as data:
+        feed = {k: data[k] for k in data.files}
+    model = edgecc.load(artifact, num_threads=threads)
+    times = _time(lambda: model.run(feed), runs=runs, seconds=10 * runs, settle=settle)
+    print("%.6f %.6f" % _percentiles(times))
+    return 0
+
+
+def _idle_ab(args, artifact: Path, feed: dict, tmp: Path) -> int:
+    import numpy as np
+
+    feed_path = tmp / "feed.npz"
+    np.savez(feed_path, **feed)
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in SETTINGS}
+    names = list(SETTINGS)
+    for rnd in range(args.idle_ab):
+        for name in (names if rnd % 2 == 0 else names[::-1]):
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("EDGECC_BIND_THREADS", "EDGECC_ADAPTIVE_THREADS",
+                                "TVM_BIND_THREADS")}
+            env.update(SETTINGS[name])
+            out = subprocess.run(
+                [sys.executable, __file__, args.model, "--idle-child", str(artifact),
+                 str(feed_path), "--threads", str(args.threads), "--runs", str(args.runs),
+                 "--settle", str(args.settle)], env=env, check=True, capture_output=True,
+                text=True).stdout.split()
+            got[name].append((float(out[0]), float(out[1])))
+            time.sleep(args.pause)
+        print(f"round {rnd + 1}/{args.idle_ab}: " + ", ".join(
+            f"{n} p50 {v[-1][0]:.3f} p99 {v[-1][1]:.3f}" for n, v in got.items()),
+            file=sys.stderr, flush=True)
+    now, before = (got[n] for n in names)
+    ratios = [a[0] / b[0] for a, b in zip(now, before, strict=True)]
+    print(f"\n{args.model}, idle, {args.threads} threads, {args.idle_ab} alternating rounds of "
+          f"{args.runs} runs per setting, one process each; {machine()}")
+    print(table(["setting", "p50 ms (median)", "p99 ms (median)"],
+                [[n, f"{statistics.median(a for a, _ in v):.3f}",
+                  f"{statistics.median(b for _, b in v):.3f}"] for n, v in got.items()]))
+    print(f"p50 now / before, median of per-round ratios: {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="example model name (examples/zoo.py), e.g. mobilenetv2")
@@ -87,7 +144,15 @@ def main(argv=None) -> int:
     p.add_argument("--settle", type=float, default=2.5, help="untimed seconds of runs at the "
                    "start of each cell (edgecc's thread guard follows a change of load within "
                    "2 s; ORT gets the same)")
+    p.add_argument("--idle-ab", type=int, metavar="ROUNDS", default=0,
+                   help="compare the defaults with the old ones (pinned, no guard) on an idle "
+                   "CPU in ROUNDS alternating rounds, a child process per setting")
+    p.add_argument("--idle-child", nargs=2, type=Path, metavar=("ARTIFACT", "FEED"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.idle_child:
+        return _idle_child(*args.idle_child, threads=args.threads, runs=args.runs,
+                           settle=args.settle)
 
     import edgecc
 
@@ -97,6 +162,8 @@ def main(argv=None) -> int:
         if artifact is None:
             artifact = Path(tmp) / "art"
             edgecc.compile(onnx_path, output=artifact)
+        if args.idle_ab:
+            return _idle_ab(args, artifact, feed, Path(tmp))
         makers = {
             "edgecc": lambda: (lambda m=edgecc.load(artifact, num_threads=args.threads):
                                m.run(feed)),

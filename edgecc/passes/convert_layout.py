@@ -18,6 +18,7 @@ turned back into ``R.maximum`` / ``R.minimum`` first, so the conv chain stays NH
 from __future__ import annotations
 
 from .fallback import report
+from .rewrite import each_function
 
 NAME = "convert-layout"
 DESCRIPTION = ("Convert conv2d (and the elementwise ops, pools and concats around it) to NHWC, so "
@@ -94,11 +95,7 @@ def ops_from_clamp_kernels(mod):
             op = ops[name]
             return call if op is None else op(x, c)
 
-    rewriter = Rewriter(mod)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+    return relax.transform.DeadCodeElimination()(each_function(mod, Rewriter(mod)))
 
 
 def _clip_as_clamps(call):

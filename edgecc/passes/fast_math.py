@@ -16,6 +16,8 @@ Other dtypes are left as they are.
 
 from __future__ import annotations
 
+from .rewrite import each_function
+
 NAME = "fast-math"
 OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("float32 exp, erf, tanh, sigmoid and softmax through TVM's vectorizable "
@@ -52,11 +54,7 @@ def exp_forms(mod):
                 return _softmax(self.builder_, call.args[0], int(call.attrs.axis))
             return call
 
-    rewriter = Rewriter(mod)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return each_function(mod, Rewriter(mod))
 
 
 def _sigmoid(x):

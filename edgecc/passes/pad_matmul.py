@@ -13,6 +13,8 @@ as they are.
 
 from __future__ import annotations
 
+from .rewrite import each_function
+
 NAME = "pad-matmul"
 OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Matrix products whose row count has no divisor from 4 to 6 (ViT's 197 tokens) "
@@ -82,8 +84,4 @@ def run(mod, *, target):
             product = self.builder_.emit(relax.op.matmul(a, b, out_dtype=call.attrs.out_dtype))
             return relax.op.strided_slice(product, axes=[-2, -1], begin=[0, 0], end=[m, n])
 
-    rewriter = Rewriter(mod)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return each_function(mod, Rewriter(mod))

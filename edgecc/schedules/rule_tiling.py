@@ -81,10 +81,9 @@ def register_tile(vector_extent: int, row_extents: Sequence[int], *,
     model of one step (:func:`tile_efficiency`: two multiply-adds and two loads a cycle, a
     multiply-add's result ready four cycles later), then by having two vectors (the measured
     default), then by multiply-adds per load, then by using fewer row loops, the innermost
-    first. The vector is
-    1, 2 or 4 vectors of the loop (:data:`VECTOR_COUNTS`; the largest power of two dividing it,
-    up to two vectors, when it has no multiple of the vector width): four only where rows are
-    too few for two (ViT's 197 tokens: a prime). Rows come from one loop (6 rows by 2 vectors
+    first. The vector is 1, 2 or 4 vectors of the loop (:data:`VECTOR_COUNTS`; the largest
+    power of two dividing it, up to two vectors, when it has no multiple of the vector width):
+    four only where rows are too few for two (ViT's 197 tokens: a prime). Rows come from one loop (6 rows by 2 vectors
     when the extents allow: the best measured) or, when its extent splits badly (7, 14, 13: a
     prime factor above 6), from two (14x14: 2x2 rows by 2 vectors) or with one vector (7x7: 7
     rows; SqueezeNet's 13x13 classifier with 1000 channels: 13 rows)."""
@@ -170,7 +169,7 @@ def shares_vector_operand(block) -> list[bool]:
     def used(region) -> set[str]:
         return {v.name for r in region.region for v in undefined_vars(r.min)}
 
-    vector_reads = [used(r) for r in block.reads if vector.name in used(r)]
+    vector_reads = [u for u in map(used, block.reads) if vector.name in u]
     return [not any(iv.var.name in u for u in vector_reads) for iv in iters]
 
 

@@ -99,7 +99,8 @@ def test_bad_input_shape_syntax_is_a_usage_error(conv_onnx, capsys):
 def test_list_passes_and_print_ir(tmp_path, conv_onnx, capsys):
     assert main(["compile", "--list-passes"]) == 0
     listing = capsys.readouterr().out
-    assert "cpu-default: canonicalize -> fold-constant -> fold-batchnorm" in listing
+    assert ("cpu-default: qdq-to-int8 -> decompose-qdq -> canonicalize -> fold-constant -> "
+            "fold-batchnorm") in listing
     assert "  fuse " in listing
     assert main(["compile", str(conv_onnx), "-o", str(tmp_path / "o"), "-q",
                  "--print-ir-after", "fuse"]) == 0

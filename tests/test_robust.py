@@ -199,8 +199,9 @@ def test_an_optimized_build_that_fails_is_rebuilt_with_the_required_passes(tmp_p
     r = edgecc.compile(model, output=tmp_path / "a", use_cache=False, isa_variants=False)
     (note,) = r.fallbacks
     assert note.startswith("the optimized build failed (build for x86_64 failed: TVMError: LLVM "
-                           "ERROR); built with the required passes only (fold-constant, "
-                           "fold-batchnorm, convert-layout, fast-math, pad-matmul, "
+                           "ERROR); built with the required passes only (qdq-to-int8, "
+                           "decompose-qdq, fold-constant, fold-batchnorm, convert-layout, "
+                           "pad-int8-channels, fast-math, pad-matmul, "
                            "apply-tuning, rule-schedule, transfer-tuning, cpu-schedule, "
                            "prepack-weights left out)")
     assert r.manifest.options["kernels"]["rule"] == 0

@@ -107,8 +107,11 @@ def compile_model(
         use_shipped_logs=use_shipped_logs, rule_schedule=rule_schedule,
         transfer_tuning=transfer_tuning, quantize=quantize, isa_variants=isa_variants)
     output = Path(output)
-    plan = _plan(opts, output)
     src = frontend.model_source(model, example_inputs=example_inputs)
+    # int8 compute: calibrated here, or a QDQ model quantized by another tool (ORT's U8S8...)
+    int8 = (quantize is not None and quantize.mode == "int8") or (
+        src.raw is not None and b"DequantizeLinear" in src.raw)
+    plan = _plan(opts, output, int8=int8)
     calibration = calibration_feeds(quantize, src, shapes=opts.input_shapes)
     timings: dict[str, float] = {}
 
@@ -183,7 +186,7 @@ class _Plan:
     variant_note: str | None
 
 
-def _plan(opts: CompileOptions, output: Path) -> _Plan:
+def _plan(opts: CompileOptions, output: Path, *, int8: bool) -> _Plan:
     """Check the output, the toolchains and the pass names; choose passes, logs and variants."""
     tgt = opts.target
     check_output_dir(output, force=opts.force)
@@ -195,12 +198,13 @@ def _plan(opts: CompileOptions, output: Path) -> _Plan:
     pipeline_name, pass_names = choice.passes_for(tgt)
     passes.check_pass_names(opts.print_ir_after)
     variants, variant_note = [], None
-    if opts.isa_variants and tgt.variants:
+    wanted = variant_targets(tgt, int8=int8) if opts.isa_variants else []
+    if wanted:
         if opts.tuning_logs:
-            variant_note = (f"no {', '.join(tgt.variants)} build: the --tuning-log records are "
-                            f"for {tgt.name} only")
+            variant_note = (f"no {', '.join(v.name for v in wanted)} build: the --tuning-log "
+                            f"records are for {tgt.name} only")
         else:
-            variants = variant_targets(tgt)
+            variants = wanted
             for v in variants:
                 check_toolchain(v)
     logs, cross_logs = choice.logs_for(tgt, extra=opts.tuning_logs)

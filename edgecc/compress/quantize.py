@@ -118,6 +118,11 @@ def load_calibration(path: str | Path, inputs: Sequence[TensorSpec], *,
         if str(a.dtype) != spec.dtype:
             raise InputError(f"calibration array '{spec.name}' is {a.dtype}; input "
                              f"'{spec.name}' is {spec.dtype}")
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1))
+            raise InputError(f"calibration array '{spec.name}' has NaN or Inf values (in "
+                             f"{len(bad)} sample(s), the first at index {bad[0]}): "
+                             "calibration needs finite inputs")
         if a.shape[0] % batch:
             raise InputError(f"calibration array '{spec.name}' has {a.shape[0]} samples, not a "
                              f"multiple of the model's batch size {batch}")

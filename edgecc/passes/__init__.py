@@ -24,6 +24,7 @@ from . import (
     convert_layout,
     cpu_schedule,
     decompose_inference,
+    decompose_qdq,
     dispatch_library,
     fast_math,
     fold_batchnorm,
@@ -34,6 +35,7 @@ from . import (
     layout_free,
     legalize,
     lower_dataflow,
+    pad_int8_channels,
     pad_matmul,
     plan_memory,
     prepack_weights,
@@ -57,8 +59,9 @@ class PassInfo:
 
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run, getattr(m, "OPTIONAL", False))
-    for m in (qdq_to_int8, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
-              convert_layout, fold_constant, dispatch_library, fast_math, pad_matmul,
+    for m in (qdq_to_int8, decompose_qdq, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
+              convert_layout, pad_int8_channels, fold_constant, dispatch_library, fast_math,
+              pad_matmul,
               legalize, annotate_patterns, fuse,
               layout_free, apply_tuning, rule_schedule, transfer_tuning, cpu_schedule,
               prepack_weights, gpu_schedule, lower_dataflow, plan_memory, vm_lower)
@@ -66,12 +69,16 @@ PASSES: dict[str, PassInfo] = {
 
 _FRONT = ("canonicalize", "fold-constant", "fold-batchnorm", "decompose-inference",
           "fold-constant")
+_INT8 = ("qdq-to-int8", "decompose-qdq")
 _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
-    "cpu-default": _FRONT + ("convert-layout", "dispatch-library", "fast-math", "pad-matmul",
-                             "legalize", "annotate-patterns", "fold-constant", "fuse",
-                             "layout-free", "apply-tuning", "rule-schedule", "transfer-tuning",
-                             "cpu-schedule", "prepack-weights") + _LOWER,
+    # qdq-to-int8 and decompose-qdq do nothing to a float model; a QDQ model (--quantize int8,
+    # or one quantized by another tool) computes in int8, channels-last
+    "cpu-default": _INT8 + _FRONT + ("convert-layout", "pad-int8-channels", "dispatch-library",
+                                     "fast-math", "pad-matmul", "legalize", "annotate-patterns",
+                                     "fold-constant", "fuse", "layout-free", "apply-tuning",
+                                     "rule-schedule", "transfer-tuning", "cpu-schedule",
+                                     "prepack-weights") + _LOWER,
     "cuda-default": _FRONT + ("dispatch-library", "legalize", "annotate-patterns",
                               "fold-constant", "fuse", "gpu-schedule") + _LOWER,
 }
@@ -118,9 +125,9 @@ def with_quantization(names: Sequence[str], mode: str | None) -> tuple[str, ...]
     if mode is None:
         return names
     if mode == "int8":
-        # int8 stays NCHW: Relax's quantize/dequantize have no layout rule, so converting would
-        # wrap every requantization in a pair of transposes
-        return ("qdq-to-int8",) + tuple(n for n in names if n != "convert-layout")
+        # per-tensor quantize/dequantize become elementwise ops (which layout conversion
+        # follows), so int8 runs channels-last as fp32 does
+        return names if _INT8[0] in names else _INT8 + names
     if mode == "fp16":
         at = names.index("dispatch-library")
         return names[:at] + ("to-fp16", "fold-constant") + names[at:]
@@ -164,6 +171,6 @@ def describe_pipelines() -> str:
     lines += [f"  {p.name:<{width}}  {p.description}" for p in PASSES.values()]
     lines.append("pipelines:")
     lines += [f"  {name}: {' -> '.join(steps)}" for name, steps in PIPELINES.items()]
-    lines.append("  --quantize int8 runs qdq-to-int8 first and keeps NCHW (no convert-layout); "
-                 "--quantize fp16 inserts to-fp16 -> fold-constant before dispatch-library")
+    lines.append("  --quantize int8 runs qdq-to-int8 -> decompose-qdq first (cpu-default always "
+                 "does); --quantize fp16 inserts to-fp16 -> fold-constant before dispatch-library")
     return "\n".join(lines)

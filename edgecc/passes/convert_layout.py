@@ -216,7 +216,33 @@ def convert_function(func, name: str):
         report(f"{NAME}: function '{name}' kept NCHW (TVM's ConvertLayout failed: "
                f"{_last_line(e)})")
         return func
-    return restore_hidden(converted, hidden)
+    return pads_through_transposes(restore_hidden(converted, hidden))
+
+
+def pads_through_transposes(func):
+    """``permute_dims(pad(permute_dims(y, p), w), q)`` with ``q`` undoing ``p`` (the transposes
+    ``ConvertLayout`` leaves around a pad: it has no layout rule for it) becomes a pad of ``y``
+    in its own layout: an int8 model pads with the activations' zero point before each conv."""
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    y = wildcard()
+    inner = is_op("relax.permute_dims")(y)
+    pad = is_op("relax.nn.pad")(inner)
+    outer = is_op("relax.permute_dims")(pad)
+
+    def rewrite(expr, m):
+        p = [int(a) for a in m[inner].attrs.axes]
+        q = [int(a) for a in m[outer].attrs.axes]
+        if [p[i] for i in q] != list(range(len(p))):
+            return expr
+        a = m[pad].attrs
+        widths = [int(w) for w in a.pad_width]
+        moved = [w for d in q for w in widths[2 * d:2 * d + 2]]  # y's dim j is the pad's q[j]
+        return relax.op.nn.pad(m[y], moved, pad_mode=str(a.pad_mode),
+                               pad_value=float(a.pad_value))
+
+    return rewrite_call(outer, rewrite, func)
 
 
 def _last_line(e: BaseException) -> str:

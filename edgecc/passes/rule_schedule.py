@@ -13,14 +13,24 @@ RULE = "edgecc.rule_tiled"  # PrimFunc attribute: scheduled by the rule
 
 
 def run(mod, *, target):
-    from ..schedules.rule_tiling import default_schedule, is_contraction
     from .fallback import try_kernel, unscheduled_kernels
 
     out = mod.clone()
     for gv, func in unscheduled_kernels(mod):
-        scheduled = try_kernel(NAME, gv, lambda f=func: default_schedule(f, target)
-                               if is_contraction(f) else None,
+        scheduled = try_kernel(NAME, gv, lambda f=func: _schedule(f, target),
                                left="left to the default schedule")
         if scheduled is not None:
             out[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(RULE, True)
     return out
+
+
+def _schedule(func, target):
+    """A conv or matmul with rows: the rule (tensorized where it can be); a batch-1 int8
+    matmul: tensorized only (else dlight's GEMV rule takes it in cpu-schedule); else None."""
+    from ..schedules.rule_tiling import is_contraction
+    from ..schedules.rules import default_schedule, tensorized
+
+    if is_contraction(func):
+        return default_schedule(func, target)
+    sch = tensorized(func, target)
+    return None if sch is None else sch.mod["main"]

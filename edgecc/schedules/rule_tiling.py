@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 
 from .trace import (anchor_block, anchor_loop_positions, largest_divisor, postprocess, rv_id,
-                    tune_context)
+                    tune_context, with_cores)
 
 DEFAULT_CORES = 4  # parallel extent when the target names no core count (16 jobs per core)
 # vector registers a register tile may take: its accumulators, its vectors of the second
@@ -41,7 +41,8 @@ SEED = 0  # the design space samples its other decisions (compute locations) wit
 
 
 def default_tiles(extents: Sequence[int], levels: Sequence[int], *, lanes: int,
-                  shares_vector: Sequence[bool] | None = None) -> list[list[int]]:
+                  shares_vector: Sequence[bool] | None = None,
+                  registers: int = VECTOR_REGISTERS) -> list[list[int]]:
     """Tile factors, outermost first, for the anchor loops of a multi-level tiling sketch:
     ``levels[i]`` is how many ways loop ``i`` (of ``extents[i]`` iterations) is split (4 for an
     output loop, 2 for a reduction loop in SSRSRS).
@@ -61,7 +62,7 @@ def default_tiles(extents: Sequence[int], levels: Sequence[int], *, lanes: int,
         if len(rows) == 2 and shares_vector is not None and not shares_vector[rows[1]]:
             rows = rows[:1]
         vector, row_factors = register_tile(extents[last], [extents[i] for i in rows],
-                                            lanes=lanes)
+                                            lanes=lanes, registers=registers)
         inner = {last: vector, **dict(zip(rows, row_factors, strict=True))}
     out = []
     for i, (extent, n) in enumerate(zip(extents, levels, strict=True)):
@@ -70,8 +71,8 @@ def default_tiles(extents: Sequence[int], levels: Sequence[int], *, lanes: int,
     return out
 
 
-def register_tile(vector_extent: int, row_extents: Sequence[int], *,
-                  lanes: int) -> tuple[int, list[int]]:
+def register_tile(vector_extent: int, row_extents: Sequence[int], *, lanes: int,
+                  registers: int = VECTOR_REGISTERS) -> tuple[int, list[int]]:
     """The register tile of a contraction: (innermost factor of the vector loop, innermost
     factor of each row loop in ``row_extents``, innermost first).
 
@@ -93,7 +94,7 @@ def register_tile(vector_extent: int, row_extents: Sequence[int], *,
         vecs = [vec if vec > 1 else largest_divisor(vector_extent, 2 * lanes)]
     else:
         vecs = [lanes * k for k in VECTOR_COUNTS if vector_extent % (lanes * k) == 0]
-    most = VECTOR_REGISTERS - 2  # accumulators beside one vector and one broadcast
+    most = registers - 2  # accumulators beside one vector and one broadcast
     divisors = [[d for d in range(1, min(e, most) + 1) if e % d == 0] for e in row_extents]
     candidates = [([], 1)]
     for ds in divisors:
@@ -102,7 +103,7 @@ def register_tile(vector_extent: int, row_extents: Sequence[int], *,
     for vec in vecs:
         nvec = -(-vec // lanes)  # registers: a partial vector takes one too
         for factors, rows in candidates:
-            if rows * nvec + nvec + 1 > VECTOR_REGISTERS:
+            if rows * nvec + nvec + 1 > registers:
                 continue
             key = (tile_efficiency(rows, nvec), nvec == 2, rows * nvec / (rows + nvec),
                    -sum(f > 1 for f in factors), factors)
@@ -265,12 +266,9 @@ def _anchor_tile_insts(insts, anchor: str) -> list:
 def _design_space(mod, target) -> list:
     """MetaSchedule's CPU design space for ``mod`` (its sketches, decisions sampled with
     :data:`SEED`)."""
-    import tvm  # noqa: PLC0415
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
 
-
-    if "num-cores" not in target.attrs:
-        target = tvm.target.Target({**dict(target.export()), "num-cores": DEFAULT_CORES})
+    target = with_cores(target, DEFAULT_CORES)
     space = ms.space_generator.PostOrderApply(
         sch_rules=ms.schedule_rule.ScheduleRule.create("llvm"), postprocs=[], mutator_probs={})
     space._initialize_with_tune_context(tune_context(mod, target, space=space, seed=SEED))

@@ -52,6 +52,16 @@ def tune_context(mod, target, *, space=None, seed: int = -1):
     return ctx
 
 
+def with_cores(target, cores: int):
+    """``target`` with a ``num-cores`` (MetaSchedule's parallel rules need one), ``cores`` if
+    it names none."""
+    import tvm  # noqa: PLC0415
+
+    if "num-cores" in target.attrs:
+        return target
+    return tvm.target.Target({**dict(target.export()), "num-cores": cores})
+
+
 def postprocess(sch, target) -> bool:
     """MetaSchedule's LLVM postprocessors (parallel/vectorize/unroll rewriting, reduction
     decomposition, weight layout rewrite) on ``sch``; False if one rejects it."""

@@ -48,6 +48,9 @@ class Target:
     # The CPU feature flags (as /proc/cpuinfo names them) this target's code needs beyond its
     # architecture's baseline.
     cpu_features: tuple[str, ...] = field(default_factory=tuple)
+    # As a variant, built only for int8 models (its ISA adds int8 dot products, nothing fp32
+    # code uses).
+    int8_only: bool = False
 
     @property
     def kind(self) -> str:
@@ -76,7 +79,7 @@ class Target:
             "host": _thaw(self.host) if self.host is not None else None,
             "cross_compiler": self.cross_compiler, "cross_package": self.cross_package,
             "aliases": list(self.aliases), "variants": list(self.variants),
-            "cpu_features": list(self.cpu_features),
+            "cpu_features": list(self.cpu_features), "int8_only": self.int8_only,
         }
 
     def to_tvm(self):
@@ -118,6 +121,7 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
         cross_compiler=data.get("cross_compiler"), cross_package=data.get("cross_package"),
         aliases=tuple(data.get("aliases", ())), variants=tuple(data.get("variants", ())),
         cpu_features=tuple(data.get("cpu_features", ())),
+        int8_only=bool(data.get("int8_only", False)),
     )
 
 
@@ -165,11 +169,14 @@ def native_target_name(machine: str | None = None,
     raise TargetError(f"no native target for a {arch} machine; name one (see 'edgecc targets')")
 
 
-def variant_targets(target: Target) -> list[Target]:
-    """The targets whose builds an artifact for ``target`` carries besides its own."""
+def variant_targets(target: Target, *, int8: bool = False) -> list[Target]:
+    """The targets whose builds an artifact for ``target`` carries besides its own (those
+    marked ``int8_only`` only for an ``int8`` model)."""
     out = []
     for name in target.variants:
         v = get_target(name)
+        if v.int8_only and not int8:
+            continue
         if v.arch != target.arch or v.is_gpu or target.is_gpu:
             raise TargetError(f"target {target.name!r}: variant {name!r} must be a CPU target of "
                               f"the same architecture ({target.arch})")

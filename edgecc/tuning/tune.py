@@ -302,7 +302,7 @@ def _measure_seeds(ms, extracted, keys: list[str], db, *, tgt: Target, tune_targ
     budget is spent too: one measurement, and the rule is often hard to beat); commit them to
     ``db`` and return how many were recorded. Once ``stop.stop_reason`` is set (Ctrl-C) it
     stops after the step in flight."""
-    from ..schedules.rule_tiling import rule_schedule  # noqa: PLC0415
+    from ..schedules.rules import rule_schedule  # noqa: PLC0415
 
     seeded = tuning_log.seeded(log_dir)
     want = [i for i, k in enumerate(keys) if k not in seeded and k not in skip]

@@ -22,10 +22,14 @@ Then:
 from __future__ import annotations
 
 from .intrinsics import DotProduct
-from .rule_tiling import DEFAULT_CORES, UNROLL_STEP, default_tiles, shares_vector_operand
+from .rule_tiling import DEFAULT_CORES, default_tiles, shares_vector_operand
 from .trace import anchor_block, tune_context, with_cores
 
 SEED = 0
+# no automatic unrolling (the register tile is unrolled explicitly): TVM's explicit unroll of
+# the tile's loop nest turned a vectorized SiLU epilogue (requantize + fast_exp) into scalar
+# code, 32 copies of it (EfficientNet-B0's int8 expand convs)
+UNROLL_STEP = 0
 
 
 def is_int8_contraction(block, activations: str) -> bool:

@@ -21,9 +21,11 @@ Then:
 
 from __future__ import annotations
 
+import math
+
 from .intrinsics import DotProduct
 from .rule_tiling import DEFAULT_CORES, default_tiles, shares_vector_operand
-from .trace import anchor_block, tune_context, with_cores
+from .trace import anchor_block, design_space, tune_context, with_cores
 
 SEED = 0
 # no automatic unrolling (the register tile is unrolled explicitly): TVM's explicit unroll of
@@ -103,14 +105,8 @@ def _design_space(mod, target, intrin: str) -> list:
                                                     unroll_explicit=True),
         ms.schedule_rule.RandomComputeLocation(),
     ]
-    space = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=[], mutator_probs={})
-    space._initialize_with_tune_context(tune_context(mod, target, space=space, seed=SEED))
-    sketches = [s for s in space.generate_design_space(mod)
-                if "auto_tensorize" in str(s.trace)]
-    # a tile accumulated in a cache (the epilogue computed per tile) first, as for fp32
-    sketches.sort(key=lambda s: not any(i.kind.name in ("ReverseComputeAt", "CacheWrite")
-                                        for i in s.trace.insts))
-    return sketches
+    return [s for s in design_space(mod, target, rules, seed=SEED)
+            if "auto_tensorize" in str(s.trace)]
 
 
 def _replay(mod, sketch, shares, target, weight, dot: DotProduct):
@@ -121,10 +117,7 @@ def _replay(mod, sketch, shares, target, weight, dot: DotProduct):
     extents, levels = [], []
     for inst in tiles:
         factors = [int(f) for f in trace.decisions[inst]]
-        product = 1
-        for f in factors:
-            product *= f
-        extents.append(product)
+        extents.append(math.prod(factors))
         levels.append(len(factors))
     if len(tiles) != len(shares):
         return None

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .trace import (anchor_block, anchor_loop_positions, largest_divisor, postprocess, rv_id,
-                    tune_context, with_cores)
+from .trace import (anchor_block, anchor_loop_positions, design_space, largest_divisor,
+                    postprocess, rv_id, with_cores)
 
 DEFAULT_CORES = 4  # parallel extent when the target names no core count (16 jobs per core)
 # vector registers a register tile may take: its accumulators, its vectors of the second
@@ -207,10 +207,6 @@ def rule_schedule(func, target):
     lanes = max(vector_bits(target) // max(bits, 8), 1)
     mod = tvm.IRModule({"main": func})
     sketches = _design_space(mod, target)
-    # sketches whose accumulator is a tile (the epilogue computed inside the tile, or a cache
-    # write) first: tuned CPU records nearly all are, and the tile then lives in registers
-    sketches.sort(key=lambda s: not any(i.kind.name in ("ReverseComputeAt", "CacheWrite")
-                                        for i in s.trace.insts))
     location = producer_location(extents, kinds)
     shares = shares_vector_operand(block)
     for sketch in sketches:
@@ -264,12 +260,9 @@ def _anchor_tile_insts(insts, anchor: str) -> list:
 
 
 def _design_space(mod, target) -> list:
-    """MetaSchedule's CPU design space for ``mod`` (its sketches, decisions sampled with
-    :data:`SEED`)."""
+    """MetaSchedule's CPU design space for ``mod`` (:func:`.trace.design_space`, decisions
+    sampled with :data:`SEED`)."""
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
 
-    target = with_cores(target, DEFAULT_CORES)
-    space = ms.space_generator.PostOrderApply(
-        sch_rules=ms.schedule_rule.ScheduleRule.create("llvm"), postprocs=[], mutator_probs={})
-    space._initialize_with_tune_context(tune_context(mod, target, space=space, seed=SEED))
-    return list(space.generate_design_space(mod))
+    return design_space(mod, with_cores(target, DEFAULT_CORES),
+                        ms.schedule_rule.ScheduleRule.create("llvm"), seed=SEED)

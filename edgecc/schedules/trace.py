@@ -52,6 +52,20 @@ def tune_context(mod, target, *, space=None, seed: int = -1):
     return ctx
 
 
+def design_space(mod, target, rules, *, seed: int) -> list:
+    """MetaSchedule's sketches of ``mod`` under schedule ``rules`` (decisions sampled with
+    ``seed``), those whose accumulator is a tile (the epilogue computed inside it, or a cache
+    write) first: tuned CPU records nearly all are, and the tile then lives in registers."""
+    from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
+
+    space = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=[], mutator_probs={})
+    space._initialize_with_tune_context(tune_context(mod, target, space=space, seed=seed))
+    sketches = list(space.generate_design_space(mod))
+    sketches.sort(key=lambda s: not any(i.kind.name in ("ReverseComputeAt", "CacheWrite")
+                                        for i in s.trace.insts))
+    return sketches
+
+
 def with_cores(target, cores: int):
     """``target`` with a ``num-cores`` (MetaSchedule's parallel rules need one), ``cores`` if
     it names none."""

@@ -12,9 +12,10 @@ from conftest import ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 import edgecc
-from edgecc.schedules.rule_tiling import (VECTOR_REGISTERS, default_tiles, is_contraction,
+from edgecc.schedules.rule_tiling import (VECTOR_REGISTERS, anchor_block, default_tiles,
+                                         is_contraction, operand_bytes, panel_major,
                                          producer_location, register_tile, tile_efficiency,
-                                         vector_bits)
+                                         vector_bits, vector_registers)
 from edgecc.runtime import load, random_inputs
 from edgecc.targets import get_target
 
@@ -52,6 +53,29 @@ def test_register_tile_takes_rows_from_two_loops_when_one_splits_badly():
         vec, factors = register_tile(vec_extent, rows, lanes=8)
         vectors = -(-vec // 8)  # a partial vector takes a register too
         assert math.prod(factors) * vectors + vectors + 1 <= VECTOR_REGISTERS
+
+
+def test_panel_major_tiles_keep_one_weight_panel_across_consecutive_row_tiles():
+    # ResNet-50's 3x3 conv on 7x7x512 (AVX-512): the row loops' outer factors move from the
+    # parallel level to the second one, inside the output-channel tiles; the register tile
+    # and the reduction stay as they were
+    extents = [1, 7, 7, 512, 3, 3, 512]
+    rows = default_tiles(extents, NHWC_3X3, lanes=16, registers=32)
+    panels = default_tiles(extents, NHWC_3X3, lanes=16, registers=32, panel_major=True)
+    assert rows[1] == [7, 1, 1, 1] and panels[1] == [1, 7, 1, 1]
+    assert rows[3] == panels[3] and rows[4:] == panels[4:]
+    assert [t[-1] for t in rows] == [t[-1] for t in panels]
+    # a batched matmul's batch loop reads other weights per iteration: it stays outermost
+    bmm = default_tiles([4, 64, 64, 32], [4, 4, 4, 2], lanes=16, panel_major=True,
+                        shares_vector=[False, True, True, False])
+    assert bmm[0] == [4, 1, 1, 1] and bmm[1][0] == 1
+
+
+def test_avx512_register_tiles_use_all_32_registers():
+    assert vector_registers(get_target("x86_64-avx512").to_tvm()) == 32
+    assert vector_registers(get_target("x86_64").to_tvm()) == VECTOR_REGISTERS == 16
+    # 14x14 by 2 vectors: a whole 14-pixel row (28 accumulators + 2 vectors + 1 broadcast = 31)
+    assert register_tile(256, [14, 14], lanes=16, registers=32) == (32, [14, 1])
 
 
 def test_tile_efficiency_model():
@@ -97,6 +121,27 @@ def _kernels(model, target="x86_64"):
 
     _, mod = tuning_module(model, get_target(target))
     return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+def _conv(hw, cin, cout):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((cout, cin, 3, 3)).astype("float32"), "W")
+    return _model([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, hw, hw])], [w])
+
+
+def _conv_block(model):
+    return anchor_block(next(f for f in _kernels(model).values() if is_contraction(f)))
+
+
+def test_late_convs_run_panel_major_early_ones_row_major():
+    late = _conv_block(_conv(7, 128, 128))
+    weights, inputs = operand_bytes(late)
+    assert weights == 128 * 128 * 9 * 4 and inputs == 9 * 9 * 128 * 4  # padded input
+    assert panel_major(late)
+    early = _conv_block(_conv(56, 16, 16))
+    assert not panel_major(early)
 
 
 def test_contractions_are_convs_and_matmuls_with_two_output_loops():

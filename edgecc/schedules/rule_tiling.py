@@ -17,6 +17,7 @@ tuned logs on the example CNNs); ``edgecc tune`` measures it as a seed of each t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -27,14 +28,14 @@ DEFAULT_CORES = 4  # parallel extent when the target names no core count (16 job
 # vector registers a register tile may take: its accumulators, its vectors of the second
 # operand and one broadcast value. AVX2 has 16 (6 rows x 2 vectors = 12 accumulators fit;
 # measured, no logs: 6 rows ran mobilenetv2 25% (avx512) and 18% (AVX2) faster than 4, resnet18
-# 3% and 7%; 8 rows x 2 vectors spill); AVX-512 and NEON have 32, but the same tiles measured
-# well there, so the budget is the same
+# 3% and 7%; 8 rows x 2 vectors spill). AVX-512 has 32: dense contractions take them all there
+# (vector_registers); NEON's 32 are not measured on hardware, so it keeps this budget
 VECTOR_REGISTERS = 16
 # vectors of the innermost output loop in a tile: 1, 2 or 4 (ViT's matmuls with one row: 4
 # vectors ran 10-35% faster than 2, 6 vectors 2.3-3.2x slower)
 VECTOR_COUNTS = (1, 2, 4)
 FMA_LATENCY = 4  # cycles (tile_efficiency's core model)
-RULE_VERSION = 3  # bump when the rule changes: tune measures each task's new rule seed again
+RULE_VERSION = 4  # bump when the rule changes: tune measures each task's new rule seed again
 UNROLL_STEP = 64  # the unroll depth picked among MetaSchedule's candidates (0, 16, 64, 512)
 INLINE_PRODUCER_MAX_REDUCTION = 64  # see producer_location
 SEED = 0  # the design space samples its other decisions (compute locations) with this seed
@@ -42,7 +43,8 @@ SEED = 0  # the design space samples its other decisions (compute locations) wit
 
 def default_tiles(extents: Sequence[int], levels: Sequence[int], *, lanes: int,
                   shares_vector: Sequence[bool] | None = None,
-                  registers: int = VECTOR_REGISTERS) -> list[list[int]]:
+                  registers: int = VECTOR_REGISTERS,
+                  panel_major: bool = False) -> list[list[int]]:
     """Tile factors, outermost first, for the anchor loops of a multi-level tiling sketch:
     ``levels[i]`` is how many ways loop ``i`` (of ``extents[i]`` iterations) is split (4 for an
     output loop, 2 for a reduction loop in SSRSRS).
@@ -52,7 +54,11 @@ def default_tiles(extents: Sequence[int], levels: Sequence[int], *, lanes: int,
     it (the second only where ``shares_vector[i]``: its iterations load the same vectors, as a
     conv's rows share its weights; a batched matmul's batch loop does not). Every other factor
     goes to the outermost level: outer output loops are fused into the parallel loop, and the
-    reduction runs whole around the register tile."""
+    reduction runs whole around the register tile. With ``panel_major`` the row loops' outer
+    factors go to the second level instead (inside the vector loop's outer factor): the tiles
+    that read one panel of the second operand (a conv's weights for a vector of output
+    channels) run one after another, so the panel is read from cache again rather than from
+    memory (:func:`panel_major`)."""
 
     spatial = [i for i, n in enumerate(levels) if n > 2]
     inner = {}
@@ -64,10 +70,19 @@ def default_tiles(extents: Sequence[int], levels: Sequence[int], *, lanes: int,
         vector, row_factors = register_tile(extents[last], [extents[i] for i in rows],
                                             lanes=lanes, registers=registers)
         inner = {last: vector, **dict(zip(rows, row_factors, strict=True))}
+    second = set()
+    if panel_major and spatial:
+        second = {i for i in spatial[:-1]
+                  if shares_vector is None or shares_vector[i]}
     out = []
     for i, (extent, n) in enumerate(zip(extents, levels, strict=True)):
         f = inner.get(i, 1)
-        out.append([extent // f] + [1] * (n - 2) + [f] if n > 1 else [extent])
+        if n <= 1:
+            out.append([extent])
+        elif i in second:
+            out.append([1, extent // f] + [1] * (n - 3) + [f])
+        else:
+            out.append([extent // f] + [1] * (n - 2) + [f])
     return out
 
 
@@ -174,6 +189,44 @@ def shares_vector_operand(block) -> list[bool]:
     return [not any(iv.var.name in u for u in vector_reads) for iv in iters]
 
 
+def operand_bytes(block) -> tuple[int, int]:
+    """(bytes of the operands the innermost output iterator indexes: a conv's or matmul's
+    weights, bytes of the other operands: its input), over the anchor block's read buffers
+    (the accumulator excluded)."""
+    import tvm  # noqa: PLC0415
+    from tvm.tirx.analysis import undefined_vars  # noqa: PLC0415
+
+    spatial = [iv for iv in block.iter_vars if int(iv.iter_type) == 0]
+    written = {w.source.name for w in block.writes}
+    vector = spatial[-1].var.name if spatial else None
+    sizes = [0, 0]
+    for read in block.reads:
+        if read.source.name in written:
+            continue
+        buf = read.source
+        size = math.prod(int(d) for d in buf.shape) * tvm.DataType(str(buf.dtype)).bits // 8
+        uses = {v.name for r in read.region for v in undefined_vars(r.min)}
+        sizes[0 if vector in uses else 1] += size
+    return sizes[0], sizes[1]
+
+
+def panel_major(block) -> bool:
+    """Run a contraction's tiles panel by panel (:func:`default_tiles`): when its weights
+    outweigh its input (the late layers of a CNN: ResNet-50's 3x3 convs on 7x7 and 14x14
+    inputs have 2.4-9.4 MB of weights, 25-200 KB of input). Row-major order (the default)
+    sweeps every weight panel for each row tile, so those weights come from memory once per row
+    tile; panel-major order sweeps the small input once per panel instead."""
+    weights, inputs = operand_bytes(block)
+    return weights > inputs
+
+
+def vector_registers(target) -> int:
+    """The vector registers a register tile may use on ``target``: all 32 with AVX-512 (on an
+    Intel Xeon with two 512-bit multiply-add ports, ResNet-50 at 224 ran 17% faster than with
+    16: more rows per weight vector loaded), else :data:`VECTOR_REGISTERS`."""
+    return 32 if vector_bits(target) == 512 else VECTOR_REGISTERS
+
+
 def vector_bits(target) -> int:
     """The SIMD register width the target's code uses: 512 with AVX-512, 256 on other x86-64
     (AVX2, x86-64-v3), 128 elsewhere (NEON)."""
@@ -209,12 +262,18 @@ def rule_schedule(func, target):
     sketches = _design_space(mod, target)
     location = producer_location(extents, kinds)
     shares = shares_vector_operand(block)
+    # a window-only reduction (depthwise) keeps the 16-register tiles: with 32, EfficientNet's
+    # depthwise convs (28 rows, a SiLU epilogue, unrolled) took LLVM minutes to compile
+    dense = producer_location(extents, kinds) == -1
+    registers = vector_registers(target) if dense else VECTOR_REGISTERS
+    by_panel = panel_major(block)
     for sketch in sketches:
         tiles = _anchor_tile_insts(sketch.trace.insts, block.name_hint)
         if len(tiles) != len(extents):
             continue
         levels = [len(sketch.trace.decisions[inst]) for inst in tiles]
-        factors = default_tiles(extents, levels, lanes=lanes, shares_vector=shares)
+        factors = default_tiles(extents, levels, lanes=lanes, shares_vector=shares,
+                                registers=registers, panel_major=by_panel)
         for where in dict.fromkeys((location, -1)):  # inlining may be refused: then at root
             sch = _replay(mod, sketch.trace, dict(zip(tiles, factors, strict=True)), where,
                           target)

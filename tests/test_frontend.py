@@ -70,3 +70,40 @@ def test_import_bakes_weights_as_constants():
     params = imported.mod["main"].params
     assert [p.name for p in params] == ["x"]
     assert imported.sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_onnx_flops_of_each_contraction_kind():
+    import numpy as np
+    from onnx import numpy_helper
+
+    from edgecc.frontend.onnx_shapes import model_flops, node_flops, tensor_shapes
+
+    f = TensorProto.FLOAT
+    rng = np.random.default_rng(0)
+
+    def init(name, shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype("float32"), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),  # 3 -> 8, 3x3, 16x16
+        helper.make_node("Conv", ["c", "G"], ["g"], group=4, pads=[1, 1, 1, 1]),  # 8 -> 8, 4 groups
+        helper.make_node("ConvTranspose", ["g", "T"], ["t"], strides=[2, 2]),  # 8 -> 4, 2x2
+        helper.make_node("Flatten", ["t"], ["flat"]),  # [1, 4096]
+        helper.make_node("Gemm", ["flat", "A"], ["gemm"]),  # 4096 -> 10
+        helper.make_node("MatMul", ["gemm", "B"], ["y"]),  # 10 -> 5
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", f, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", f, [1, 5])],
+        [init("W", (8, 3, 3, 3)), init("G", (8, 2, 3, 3)), init("T", (8, 4, 2, 2)),
+         init("A", (4096, 10)), init("B", (10, 5))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    shapes = tensor_shapes(model)
+    assert shapes["t"] == ((1, 4, 32, 32), "float32")
+    want = [2 * 8 * 256 * 27,  # out elements x (cin x kh x kw)
+            2 * 8 * 256 * 18,  # grouped: 2 input channels per group
+            2 * 8 * 256 * 16,  # transposed: every input element x (cout x kh x kw)
+            None,  # not a contraction
+            2 * 10 * 4096, 2 * 5 * 10]
+    assert [node_flops(n, shapes) for n in model.graph.node] == want
+    assert model_flops(model) == sum(w for w in want if w is not None)

@@ -14,6 +14,7 @@ from .. import frontend, passes
 from .._version import __version__
 from . import cache
 from ..schedules import tuning_log
+from ..schedules.trace import kernel_flops
 from .._util import StageCallback, atomic_dir, check_output_dir, sha256_file, stage
 from .library import build_library, check_toolchain
 from ..errors import CompileError, EdgeccError
@@ -411,19 +412,8 @@ def count_kernels(mod) -> dict[str, Any]:
         else:
             kind = "transferred" if TRANSFERRED in a else "rule" if RULE in a else "tuned"
             counts[kind] += 1
-        flops[kind] += _flops(f)
+        flops[kind] += kernel_flops(f)
     return {**counts, "total": total, "flops": flops}
-
-
-def _flops(func) -> int:
-    """Operations of one kernel, as MetaSchedule counts them (0 if it cannot)."""
-    try:
-        import tvm  # noqa: PLC0415
-        from tvm.s_tir.analysis import estimate_tir_flops  # noqa: PLC0415
-
-        return int(estimate_tir_flops(tvm.IRModule({"main": func})))
-    except Exception:  # noqa: BLE001  (informational only)
-        return 0
 
 
 def _run_passes(mod, pass_names, tgt: Target, *, logs, cross_logs=(), print_ir_after,

@@ -52,31 +52,11 @@ def conv_flops(cout: int, cin: int, kh: int, kw: int, hout: int, wout: int, grou
 
 
 def count_flops(model) -> int:
-    """FLOPs (2 x multiply-adds) of the Conv, Gemm and MatMul nodes of an ONNX model, from
-    inferred shapes."""
-    import onnx  # noqa: PLC0415
-    from onnx import numpy_helper  # noqa: PLC0415
+    """FLOPs (2 x multiply-adds) of the Conv, ConvTranspose, Gemm and MatMul nodes of an ONNX
+    model, from inferred shapes (:func:`edgecc.frontend.onnx_shapes.model_flops`)."""
+    from ..frontend.onnx_shapes import model_flops  # noqa: PLC0415
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 1
-                for d in vi.type.tensor_type.shape.dim]
-        shapes[vi.name] = dims
-    for t in model.graph.initializer:
-        shapes[t.name] = list(numpy_helper.to_array(t).shape)
-    total = 0
-    for n in model.graph.node:
-        if n.op_type == "Conv":
-            w, y = shapes.get(n.input[1]), shapes.get(n.output[0])
-            groups = next((a.i for a in n.attribute if a.name == "group"), 1)
-            if w and y:
-                total += conv_flops(w[0], w[1] * groups, w[2], w[3], y[2], y[3], groups) * y[0]
-        elif n.op_type in ("Gemm", "MatMul"):
-            a, y = shapes.get(n.input[0]), shapes.get(n.output[0])
-            if a and y:
-                total += 2 * int(np.prod(y)) * a[-1]
-    return int(total)
+    return model_flops(model)
 
 
 @dataclass(frozen=True)

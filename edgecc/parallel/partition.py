@@ -22,12 +22,12 @@ import numpy as np
 
 from .._util import atomic_dir, check_output_dir, read_json
 from ..errors import ArtifactError, InputError, ModelError
+from ..frontend.onnx_shapes import elements, node_flops, tensor_shapes
 
 PIPELINE_FILE = "pipeline.json"
 FORMAT = "edgecc-pipeline"
 FORMAT_VERSION = 1
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
 TOLERANCE = 0.10  # cuts within 10% of the best balance compete on bytes sent
 LINK_COST = 50.0  # FLOP-equivalents per byte a stage receives
 # never cut right before one of these when it consumes the previous node's output: it would fuse
@@ -45,7 +45,7 @@ class CrossingTensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * _itemsize(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -127,43 +127,24 @@ class Pipeline:
 
 # ----------------------------------------------------------------------------- cost model
 
-def _shapes(model) -> dict[str, tuple[tuple[int, ...], str]]:
-    import onnx  # noqa: PLC0415
-
-    return _inferred_shapes(onnx.shape_inference.infer_shapes(model))
-
-
-def _inferred_shapes(inferred) -> dict[str, tuple[tuple[int, ...], str]]:
-    """name -> (dims, dtype) of every tensor of a shape-inferred model (-1: unknown dim)."""
-    from onnx import numpy_helper  # noqa: PLC0415
-
-    out = {}
-    for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-        out[vi.name] = (dims, _DTYPES.get(tt.elem_type, "float32"))
-    for t in inferred.graph.initializer:
-        a = numpy_helper.to_array(t)
-        out[t.name] = (tuple(a.shape), str(a.dtype))
-    return out
+def _itemsize(dtype: str) -> int:
+    """Bytes per element; also for the dtypes numpy lacks (bfloat16, float8_*: bits in the
+    name)."""
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        bits = "".join(c for c in dtype.split("_")[0] if c.isdigit())
+        return max(int(bits or 32) // 8, 1)
 
 
 def node_costs(model, shapes=None) -> list[int]:
-    """FLOPs of Conv/Gemm/MatMul nodes, output element count for every other node."""
-    shapes = shapes or _shapes(model)
+    """FLOPs of Conv/ConvTranspose/Gemm/MatMul nodes, output element count for every other node."""
+    shapes = shapes or tensor_shapes(model)
     costs = []
     for n in model.graph.node:
-        out = shapes.get(n.output[0], ((0,), ""))[0]
-        numel = int(np.prod([max(d, 1) for d in out], dtype=np.int64)) if out else 1
-        if n.op_type in ("Conv", "ConvTranspose") and n.input[1] in shapes:
-            w = shapes[n.input[1]][0]
-            costs.append(2 * numel * int(np.prod(w[1:], dtype=np.int64)))
-        elif n.op_type in ("Gemm", "MatMul") and n.input[0] in shapes:
-            costs.append(2 * numel * max(shapes[n.input[0]][0][-1], 1))
-        else:
-            costs.append(numel)
+        flops = node_flops(n, shapes)
+        costs.append(flops if flops is not None else
+                     elements(shapes[n.output[0]][0]) if n.output[0] in shapes else 1)
     return costs
 
 
@@ -204,8 +185,7 @@ def _cut_bytes(model, shapes) -> list[int]:
             if t not in last_use or last_use[t] <= i:
                 continue
             dims, dtype = shapes.get(t, ((1,), "float32"))
-            size = int(np.prod([max(d, 1) for d in dims], dtype=np.int64)) * \
-                np.dtype(dtype).itemsize
+            size = elements(dims) * _itemsize(dtype)
             for p in range(i + 1, min(last_use[t], n - 1) + 1):
                 out[p] += size
     return out
@@ -221,7 +201,7 @@ def plan(model, stages: int, *, link_cost: float = LINK_COST,
     if stages > len(layers):
         raise ModelError(f"cannot cut {stages} stages: the model has only {len(layers)} layer(s) "
                          f"({', '.join(LAYER_OPS)} nodes); use at most {len(layers)} stages")
-    shapes = shapes or _shapes(model)
+    shapes = shapes or tensor_shapes(model)
     costs = node_costs(model, shapes)
     prefix = np.concatenate([[0], np.cumsum(costs)])
     layer_prefix = np.zeros(n + 1, dtype=int)
@@ -301,7 +281,7 @@ def partition(model_path: str | Path, *, stages: int, output: str | Path,
     if link_cost < 0:
         raise InputError(f"--link-cost must be >= 0, got {link_cost}")
     inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = _inferred_shapes(inferred)
+    shapes = tensor_shapes(model, inferred=inferred)
     ranges = plan(model, stages, link_cost=link_cost, shapes=shapes)
     costs = node_costs(model, shapes)
     graph_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}

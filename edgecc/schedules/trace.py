@@ -95,3 +95,16 @@ def workload_key(mod) -> str:
     from tvm.s_tir.meta_schedule.utils import shash2hex  # noqa: PLC0415
 
     return shash2hex(mod)
+
+
+def kernel_flops(kernel) -> int:
+    """Operations of one kernel (a PrimFunc or an IRModule holding one), as MetaSchedule
+    counts them; 0 if it cannot (the figure is informational: reports, task order)."""
+    try:
+        import tvm  # noqa: PLC0415
+        from tvm.s_tir.analysis import estimate_tir_flops  # noqa: PLC0415
+
+        mod = kernel if isinstance(kernel, tvm.IRModule) else tvm.IRModule({"main": kernel})
+        return int(estimate_tir_flops(mod))
+    except Exception:  # noqa: BLE001  (informational only)
+        return 0

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..build import cache
 from ..schedules import tuning_log
+from ..schedules.trace import kernel_flops
 from .._threads import physical_cores
 from ..devices.rpc import RPCSettings
 from ..errors import EdgeccError
@@ -384,12 +385,7 @@ def _measure(ms, tagged: list, *, tgt: Target, tune_target, rpc: RPCSettings | N
 
 
 def _flop(task) -> float:
-    try:
-        from tvm.s_tir.analysis import estimate_tir_flops  # noqa: PLC0415
-
-        return float(estimate_tir_flops(task.dispatched[0]))
-    except Exception:  # noqa: BLE001  (FLOP counting is informational only)
-        return 0.0
+    return float(kernel_flops(task.dispatched[0]))
 
 
 def _run_us(run_secs) -> float | None:

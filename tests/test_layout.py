@@ -91,3 +91,13 @@ def test_runtime_does_not_import_the_compile_side():
                     "edgecc.tuning", "edgecc.compress"}
     assert "edgecc.runtime.loadguard" in reached
     assert not {m for m in reached if _stage(m) in compile_side}
+
+
+def test_the_compile_spine_does_not_import_compression():
+    # compression sits beside the spine and calls it (it hands compile and tune a Quantization,
+    # which they call through build.compiler.Quantizer); never the other way
+    spine = {"edgecc.frontend", "edgecc.passes", "edgecc.schedules", "edgecc.build",
+             "edgecc.tuning", "edgecc.artifact", "edgecc.runtime", "edgecc.targets"}
+    reached = {(m, d) for m, deps in _imports().items() for d in deps
+               if _stage(m) in spine and _stage(d) == "edgecc.compress"}
+    assert reached == set()

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,10 +20,26 @@ from .library import build_library, check_toolchain
 from ..errors import CompileError, EdgeccError
 from ..artifact.manifest import LIBRARY_NAME, Manifest, Variant
 from ..passes import fallback
-from ..compress.quantize import Quantization, calibration_feeds
 from ..targets import Target, get_target, variant_targets
 
 QDQ_MODEL = "model.qdq.onnx"
+
+
+class Quantizer(Protocol):
+    """What a compile asks of a quantization request.
+    :class:`edgecc.compress.quantize.Quantization` is one: compression calls the compile, and
+    the compile calls the request it is handed without importing compression."""
+    mode: str  # "int8" or "fp16" (fp16 is a pass)
+    method: str
+    per_channel: bool
+
+    def cache_key(self) -> dict: ...
+
+    def calibration_feeds(self, source, *, shapes: dict[str, tuple[int, ...]]) -> list | None:
+        """The checked calibration feeds (None unless int8), before any work is done."""
+
+    def to_int8(self, raw: bytes, feeds: list) -> tuple[bytes, dict]:
+        """(the calibrated QDQ model, its report for the manifest)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ def compile_model(
     use_shipped_logs: bool = True,
     rule_schedule: bool = True,
     transfer_tuning: bool = True,
-    quantize: Quantization | None = None,
+    quantize: Quantizer | None = None,
     isa_variants: bool = True,
     on_stage: StageCallback | None = None,
     emit_ir: Callable[[str], None] = print,
@@ -113,7 +129,8 @@ def compile_model(
     int8 = (quantize is not None and quantize.mode == "int8") or (
         src.raw is not None and b"DequantizeLinear" in src.raw)
     plan = _plan(opts, output, int8=int8)
-    calibration = calibration_feeds(quantize, src, shapes=opts.input_shapes)
+    calibration = (None if quantize is None
+                   else quantize.calibration_feeds(src, shapes=opts.input_shapes))
     timings: dict[str, float] = {}
 
     def timed(stage_name: str, seconds: float) -> None:
@@ -169,7 +186,7 @@ class CompileOptions:
     use_shipped_logs: bool
     rule_schedule: bool
     transfer_tuning: bool
-    quantize: Quantization | None
+    quantize: Quantizer | None
     isa_variants: bool
 
 
@@ -246,21 +263,17 @@ def _from_cache(key: str, plan: _Plan, output: Path, *, force: bool
     return manifest, note
 
 
-def _quantize(src, calibration, quantize: Quantization | None, tmp: Path, timed
+def _quantize(src, calibration, quantize: Quantizer | None, tmp: Path, timed
               ) -> tuple[bytes | None, dict | None]:
     """(the model bytes to import, the manifest's quantization record): int8 calibrates a QDQ
     copy of the model (kept in the artifact), fp16 happens in the passes."""
     if calibration is None:
         return src.raw, ({"mode": quantize.mode} if quantize is not None else None)
-    from ..compress.quantize import quantize_int8  # noqa: PLC0415
-
     with stage("quantize", timed):
-        source, report = quantize_int8(src.raw, calibration, method=quantize.method,
-                                       per_channel=quantize.per_channel)
+        source, report = quantize.to_int8(src.raw, calibration)
         (tmp / QDQ_MODEL).write_bytes(source)
     return source, {"mode": "int8", "method": quantize.method,
-                    "per_channel": quantize.per_channel, "qdq_model": QDQ_MODEL,
-                    **report.to_dict()}
+                    "per_channel": quantize.per_channel, "qdq_model": QDQ_MODEL, **report}
 
 
 def _export(tmp: Path, plan: _Plan, imported, result, *, kernels, weights, quant_info,
@@ -290,7 +303,7 @@ def _export(tmp: Path, plan: _Plan, imported, result, *, kernels, weights, quant
 class _PipelineChoice:
     """The compile options that pick passes and logs, applied alike to every build."""
     pipeline: str | None
-    quantize: Quantization | None
+    quantize: Quantizer | None
     rule_schedule: bool
     transfer_tuning: bool
     use_shipped_logs: bool

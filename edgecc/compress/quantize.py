@@ -59,6 +59,19 @@ class Quantization:
             key["calibration_sha256"] = hashlib.sha256(data).hexdigest()
         return key
 
+    # what the compile and the tuner call (edgecc.build.compiler.Quantizer): they are handed a
+    # Quantization and do not import this package
+
+    def calibration_feeds(self, source, *, shapes: dict[str, tuple[int, ...]]) -> list | None:
+        """:func:`calibration_feeds` for this request."""
+        return calibration_feeds(self, source, shapes=shapes)
+
+    def to_int8(self, raw: bytes, feeds: list) -> tuple[bytes, dict]:
+        """(the calibrated QDQ model's bytes, the manifest's report) (:func:`quantize_int8`)."""
+        source, report = quantize_int8(raw, feeds, method=self.method,
+                                       per_channel=self.per_channel)
+        return source, report.to_dict()
+
 
 def calibration_feeds(quantize: Quantization | None, source, *,
                       shapes: dict[str, tuple[int, ...]]) -> list | None:

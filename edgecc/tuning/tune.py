@@ -195,18 +195,14 @@ def tuning_module(model, tgt: Target, *, input_shapes=None, quantize=None, examp
     """(model name, IR module) as the compile pipeline has it just before ``apply-tuning``:
     the module whose kernels are tuned and matched against the records."""
     from .. import frontend, passes  # noqa: PLC0415
-    from ..compress.quantize import calibration_feeds  # noqa: PLC0415
 
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     src = frontend.model_source(model, example_inputs=example_inputs)
     raw, name = src.raw, src.name
-    calibration = calibration_feeds(quantize, src, shapes=shapes)
+    calibration = None if quantize is None else quantize.calibration_feeds(src, shapes=shapes)
     if calibration is not None:
-        from ..compress.quantize import quantize_int8  # noqa: PLC0415
-
         log(f"[edgecc] calibrating int8 on {len(calibration)} samples")
-        raw, _ = quantize_int8(raw, calibration, method=quantize.method,
-                               per_channel=quantize.per_channel)
+        raw, _ = quantize.to_int8(raw, calibration)
     imported = frontend.import_model(model, src, raw=raw, shapes=shapes,
                                      example_inputs=example_inputs)
     names = passes.with_quantization(passes.resolve(passes.default_pipeline(tgt), tgt),

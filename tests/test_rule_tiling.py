@@ -212,3 +212,37 @@ def test_ops_no_log_covers_get_tiled_parallel_vector_loops_and_stay_exact(tmp_pa
     naive = edgecc.compile(model, target=target, output=tmp_path / "b", use_cache=False,
                            rule_schedule=False)
     assert naive.rule_tiled == 0
+
+
+def test_squeeze_excite_gates_are_kept_from_dlights_gemv_rule(tmp_path):
+    # GlobalAveragePool -> 1x1 conv -> sigmoid -> times the feature map: dlight's GEMV rule
+    # would inline the sigmoid into the broadcast (one per element; LLVM took minutes on
+    # EfficientNet's 7x7x1152 gate); softmax's reductions are not gates
+    from edgecc.passes.cpu_schedule import gates_a_larger_tensor
+
+    rng = np.random.default_rng(0)
+    f = TensorProto.FLOAT
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype("float32"), name)
+
+    model = _model(
+        [helper.make_node("Conv", ["x", "W0"], ["h"], pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["h"], ["p"]),
+         helper.make_node("Conv", ["p", "W", "B"], ["g"]),
+         helper.make_node("Sigmoid", ["g"], ["s"]),
+         helper.make_node("Mul", ["h", "s"], ["y"]),
+         helper.make_node("Conv", ["y", "W1"], ["o"]),
+         helper.make_node("GlobalAveragePool", ["o"], ["q"]),
+         helper.make_node("Flatten", ["q"], ["v"]),
+         helper.make_node("Softmax", ["v"], ["z"], axis=1)],
+        [helper.make_tensor_value_info("x", f, [1, 16, 7, 7])],
+        [helper.make_tensor_value_info("z", f, [1, 32])],
+        [init("W0", 32, 16, 3, 3), init("W", 32, 32, 1, 1), init("B", 32),
+         init("W1", 32, 32, 1, 1)])
+    kernels = _kernels(model)
+    gates = sorted(name for name, func in kernels.items() if gates_a_larger_tensor(func))
+    assert len(gates) == 1 and "conv2d" in gates[0], sorted(kernels)
+    r = edgecc.compile(model, target="x86_64", output=tmp_path / "a", use_cache=False,
+                       use_shipped_logs=False, isa_variants=False)
+    feed = random_inputs(r.manifest.inputs)
+    assert rel_err(load(tmp_path / "a").run(feed)["z"], ort_run(model, feed)[0]) <= 1e-5

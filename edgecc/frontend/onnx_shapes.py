@@ -46,13 +46,16 @@ def node_flops(node, shapes) -> int | None:
         if node.input[1] not in shapes:
             return None
         window = elements(shapes[node.input[1]][0][1:])  # (Cin or Cout)/groups x kh x kw
-        if node.op_type == "ConvTranspose":  # each input element scatters into a window
-            return 2 * elements(shapes[node.input[0]][0]) * window if node.input[0] in shapes else None
-        return 2 * out * window
+        if node.op_type == "Conv":
+            return 2 * out * window
+        if node.input[0] not in shapes:
+            return None
+        return 2 * elements(shapes[node.input[0]][0]) * window  # each input scatters a window
     if node.input[0] not in shapes or not shapes[node.input[0]][0]:
         return None
     a = shapes[node.input[0]][0]
-    transposed = node.op_type == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
+    transposed = node.op_type == "Gemm" and any(x.name == "transA" and x.i
+                                                 for x in node.attribute)
     k = a[-2] if transposed and len(a) >= 2 else a[-1]
     return 2 * out * max(int(k), 1)
 

@@ -25,7 +25,7 @@ def run(mod, *, target):
     work = mod.clone()
     held = {}
     for gv, func in unscheduled_kernels(work):
-        if gates_a_larger_tensor(func):
+        if _is_gate(func):
             held[gv] = func
             work[gv] = func.with_attr("tirx.is_scheduled", True)
     out = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(work)
@@ -39,6 +39,24 @@ def run(mod, *, target):
     return out
 
 
+def _root_blocks(func) -> list:
+    """The blocks directly under ``func``'s root block (unscheduled: one per op)."""
+    import tvm
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(tvm.IRModule({"main": func}))
+    return [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
+def _is_gate(func) -> bool:
+    """:func:`gates_a_larger_tensor`, False where it cannot tell (the kernel then gets
+    dlight's schedule as before)."""
+    try:
+        return gates_a_larger_tensor(func)
+    except Exception:  # noqa: BLE001  (an odd kernel must not cost every kernel its schedule)
+        return False
+
+
 def gates_a_larger_tensor(func) -> bool:
     """A product with weights whose result is broadcast over a larger tensor in one kernel: a
     squeeze-excite gate (a 1x1 conv on pooled channels, a sigmoid, times the feature map).
@@ -48,11 +66,7 @@ def gates_a_larger_tensor(func) -> bool:
     unscheduled, the gate is computed once per channel in its own loop."""
     import math
 
-    import tvm
-    from tvm.s_tir import Schedule
-
-    sch = Schedule(tvm.IRModule({"main": func}))
-    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    blocks = _root_blocks(func)
 
     def size(block) -> int:
         return math.prod(int(d) for d in block.writes[0].source.shape) if block.writes else 0
@@ -68,11 +82,7 @@ def gates_a_larger_tensor(func) -> bool:
 def is_elementwise(func) -> bool:
     """Every block of (unscheduled) ``func`` is data-parallel: transposes, reshapes,
     elementwise ops. No reduction, so a schedule only needs to parallelize and vectorize."""
-    import tvm
-    from tvm.s_tir import Schedule
-
-    sch = Schedule(tvm.IRModule({"main": func}))
-    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    blocks = _root_blocks(func)
     return bool(blocks) and all(int(iv.iter_type) == 0 for b in blocks for iv in b.iter_vars)
 
 

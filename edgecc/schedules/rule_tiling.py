@@ -174,19 +174,20 @@ def shares_vector_operand(block) -> list[bool]:
     indexed by the innermost output iterator (the vectors of a register tile: a conv's
     weights), so a register tile can take rows from it. None of those operands' indices use it
     (a conv's output rows: yes; a batched matmul's batch: no)."""
-    from tvm.tirx.analysis import undefined_vars  # noqa: PLC0415
-
     iters = list(block.iter_vars)
     spatial = [iv for iv in iters if int(iv.iter_type) == 0]
     if not spatial:
         return [False] * len(iters)
     vector = spatial[-1].var
-
-    def used(region) -> set[str]:
-        return {v.name for r in region.region for v in undefined_vars(r.min)}
-
-    vector_reads = [u for u in map(used, block.reads) if vector.name in u]
+    vector_reads = [u for u in map(_region_vars, block.reads) if vector.name in u]
     return [not any(iv.var.name in u for u in vector_reads) for iv in iters]
+
+
+def _region_vars(read) -> set[str]:
+    """Names of the variables a block read's region is indexed by."""
+    from tvm.tirx.analysis import undefined_vars  # noqa: PLC0415
+
+    return {v.name for r in read.region for v in undefined_vars(r.min)}
 
 
 def operand_bytes(block) -> tuple[int, int]:
@@ -194,7 +195,6 @@ def operand_bytes(block) -> tuple[int, int]:
     weights, bytes of the other operands: its input), over the anchor block's read buffers
     (the accumulator excluded)."""
     import tvm  # noqa: PLC0415
-    from tvm.tirx.analysis import undefined_vars  # noqa: PLC0415
 
     spatial = [iv for iv in block.iter_vars if int(iv.iter_type) == 0]
     written = {w.source.name for w in block.writes}
@@ -205,8 +205,7 @@ def operand_bytes(block) -> tuple[int, int]:
             continue
         buf = read.source
         size = math.prod(int(d) for d in buf.shape) * tvm.DataType(str(buf.dtype)).bits // 8
-        uses = {v.name for r in read.region for v in undefined_vars(r.min)}
-        sizes[0 if vector in uses else 1] += size
+        sizes[0 if vector in _region_vars(read) else 1] += size
     return sizes[0], sizes[1]
 
 
@@ -262,10 +261,9 @@ def rule_schedule(func, target):
     sketches = _design_space(mod, target)
     location = producer_location(extents, kinds)
     shares = shares_vector_operand(block)
-    # a window-only reduction (depthwise) keeps the 16-register tiles: with 32, EfficientNet's
-    # depthwise convs (28 rows, a SiLU epilogue, unrolled) took LLVM minutes to compile
-    dense = producer_location(extents, kinds) == -1
-    registers = vector_registers(target) if dense else VECTOR_REGISTERS
+    # 32 registers only for dense reductions (padding computed once before them); a
+    # window-only one (depthwise) keeps the 16-register tiles: 32 is not measured there
+    registers = vector_registers(target) if location == -1 else VECTOR_REGISTERS
     by_panel = panel_major(block)
     for sketch in sketches:
         tiles = _anchor_tile_insts(sketch.trace.insts, block.name_hint)

@@ -139,11 +139,74 @@ def test_gating_ops_follow_the_convs_so_only_the_edges_are_transposed():
     assert ir.count('data_layout="NHWC"') == 3 and "R.clip" not in ir
 
 
-def test_ops_without_a_checked_layout_rule_keep_nchw_inside_a_converted_region():
+def test_a_channel_shuffle_runs_channels_last_with_no_transposes_inside():
     ir = _after_layout(channel_shuffle())
     assert ir.count('data_layout="NHWC"') == 3
-    # the 5-D shuffle runs in NCHW between transposes at its borders
-    assert "R.reshape" in ir and ir.count("R.permute_dims") >= 4
+    # the input's, the output's and the shuffle's own swap of its two channel axes
+    assert ir.count("R.permute_dims") == 3 and "axes=[0, 1, 2, 4, 3]" in ir
+
+
+def test_slices_and_shuffles_of_a_shuffled_tensor_stay_channels_last():
+    ir = _after_layout(shuffle_units())
+    assert ir.count('data_layout="NHWC"') == 4 and ir.count("R.strided_slice") == 4
+    # the input's, the output's and each shuffle's swap of its two channel axes; nothing else
+    assert ir.count("R.permute_dims") == 4 and ir.count("axes=[0, 1, 2, 4, 3]") == 2
+    assert ir.count("axis=3") == 2  # both concats over channels-last channels
+
+
+def five_d_reshape_and_slices():
+    """A 5-D reshape + transpose that is not a channel shuffle (it swaps H and W per group),
+    and Slice over channels and over rows between convs."""
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             h.make_node("Slice", ["a", "s0", "e0", "ax0"], ["sc"]),  # channels 2..8
+             h.make_node("Slice", ["sc", "s1", "e1", "ax1", "st1"], ["sr"]),  # rows 1, 3, 5, 7
+             h.make_node("Conv", ["sr", "w2"], ["b"]),
+             h.make_node("Reshape", ["b", "s5"], ["r5"]),
+             h.make_node("Transpose", ["r5"], ["t5"], perm=[0, 1, 2, 4, 3]),
+             h.make_node("Reshape", ["t5", "s4"], ["d"]),
+             h.make_node("Conv", ["d", "w3"], ["y"])]
+    ints = lambda v, n: nh.from_array(np.array(v, np.int64), n)  # noqa: E731
+    inits = [_w("w1", (8, 4, 3, 3)), _w("w2", (8, 6, 1, 1)), _w("w3", (4, 8, 1, 1)),
+             ints([2], "s0"), ints([8], "e0"), ints([1], "ax0"),
+             ints([1], "s1"), ints([8], "e1"), ints([2], "ax1"), ints([2], "st1"),
+             ints([1, 2, 4, 4, 8], "s5"), ints([1, 8, 8, 4], "s4")]
+    return _model(nodes, inits, [X], [_vi("y", [1, 4, 8, 4])], "slices")
+
+
+def shuffle_units():
+    """Two ShuffleNetV2 units as torch exports them: ``chunk`` is a pair of Slices, the shuffle
+    is a 5-D reshape + transpose; the second unit slices the first one's shuffled output."""
+    ints = lambda v, n: nh.from_array(np.array(v, np.int64), n)  # noqa: E731
+    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1])]
+    inits = [_w("w0", (8, 4, 3, 3)), ints([0], "z"), ints([4], "four"), ints([8], "eight"),
+             ints([1], "one"), ints([1, 2, 4, 8, 8], "s5"), ints([1, 8, 8, 8], "s4"),
+             _w("w3", (8, 8, 1, 1))]
+    src = "a"
+    for u in (1, 2):
+        nodes += [h.make_node("Slice", [src, "z", "four", "one"], [f"l{u}"]),
+                  h.make_node("Slice", [src, "four", "eight", "one"], [f"r{u}"]),
+                  h.make_node("Conv", [f"r{u}", f"w{u}"], [f"c{u}"]),
+                  h.make_node("Relu", [f"c{u}"], [f"rr{u}"]),
+                  h.make_node("Concat", [f"l{u}", f"rr{u}"], [f"cat{u}"], axis=1),
+                  h.make_node("Reshape", [f"cat{u}", "s5"], [f"b{u}"]),
+                  h.make_node("Transpose", [f"b{u}"], [f"t{u}"], perm=[0, 2, 1, 3, 4]),
+                  h.make_node("Reshape", [f"t{u}", "s4"], [f"sh{u}"])]
+        inits.append(_w(f"w{u}", (4, 4, 1, 1)))
+        src = f"sh{u}"
+    nodes.append(h.make_node("Conv", [src, "w3"], ["y"]))
+    return _model(nodes, inits, [X], [_vi("y", [1, 8, 8, 8])], "units")
+
+
+CASES["five_d_reshape_and_slices"] = five_d_reshape_and_slices
+CASES["shuffle_units"] = shuffle_units
+
+
+def test_ops_without_a_checked_layout_rule_keep_nchw_inside_a_converted_region():
+    ir = _after_layout(five_d_reshape_and_slices())
+    assert ir.count('data_layout="NHWC"') == 3
+    # the slices follow NHWC; the 5-D transpose runs in NCHW between transposes at its borders
+    assert "(3,), (2,), (8,), (1,)" in ir and "(1,), (1,), (8,), (2,)" in ir  # NHWC axes
+    assert "R.reshape" in ir and ir.count("R.permute_dims") == 5
 
 
 def test_a_failing_layout_conversion_keeps_nchw_and_says_so(tmp_path, monkeypatch, capsys):
@@ -201,7 +264,7 @@ def test_an_optimized_build_that_fails_is_rebuilt_with_the_required_passes(tmp_p
     assert note.startswith("the optimized build failed (build for x86_64 failed: TVMError: LLVM "
                            "ERROR); built with the required passes only (qdq-to-int8, "
                            "decompose-qdq, fold-constant, fold-batchnorm, convert-layout, "
-                           "pad-int8-channels, fast-math, pad-matmul, "
+                           "pad-conv-channels, pad-int8-channels, fast-math, pad-matmul, "
                            "apply-tuning, rule-schedule, transfer-tuning, cpu-schedule, "
                            "prepack-weights left out)")
     assert r.manifest.options["kernels"]["rule"] == 0

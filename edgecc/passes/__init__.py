@@ -35,6 +35,7 @@ from . import (
     layout_free,
     legalize,
     lower_dataflow,
+    pad_conv_channels,
     pad_int8_channels,
     pad_matmul,
     plan_memory,
@@ -60,7 +61,7 @@ class PassInfo:
 PASSES: dict[str, PassInfo] = {
     m.NAME: PassInfo(m.NAME, m.DESCRIPTION, m.run, getattr(m, "OPTIONAL", False))
     for m in (qdq_to_int8, decompose_qdq, to_fp16, fold_batchnorm, decompose_inference, canonicalize,
-              convert_layout, pad_int8_channels, fold_constant, dispatch_library, fast_math,
+              convert_layout, pad_conv_channels, pad_int8_channels, fold_constant, dispatch_library, fast_math,
               pad_matmul,
               legalize, annotate_patterns, fuse,
               layout_free, apply_tuning, rule_schedule, transfer_tuning, cpu_schedule,
@@ -74,8 +75,8 @@ _LOWER = ("lower-dataflow", "plan-memory", "vm-lower")
 PIPELINES: dict[str, tuple[str, ...]] = {
     # qdq-to-int8 and decompose-qdq do nothing to a float model; a QDQ model (--quantize int8,
     # or one quantized by another tool) computes in int8, channels-last
-    "cpu-default": _INT8 + _FRONT + ("convert-layout", "pad-int8-channels", "dispatch-library",
-                                     "fast-math", "pad-matmul", "legalize", "annotate-patterns",
+    "cpu-default": _INT8 + _FRONT + ("convert-layout", "pad-conv-channels", "pad-int8-channels",
+                                     "dispatch-library", "fast-math", "pad-matmul", "legalize", "annotate-patterns",
                                      "fold-constant", "fuse", "layout-free", "apply-tuning",
                                      "rule-schedule", "transfer-tuning", "cpu-schedule",
                                      "prepack-weights") + _LOWER,

@@ -33,7 +33,7 @@ _UNARY = ("nn.relu", "sigmoid", "tanh", "exp", "clip", "nn.silu", "nn.gelu", "nn
           "nn.softplus", "floor", "ceil", "round", "sin", "cos", "astype")  # clip: see below
 _BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
 _POOLS = ("nn.max_pool2d", "nn.avg_pool2d", "nn.adaptive_avg_pool2d")
-_OTHERS = ("concat", "split", "mean", "max", "sum", "image.resize2d")
+_OTHERS = ("concat", "split", "strided_slice", "mean", "max", "sum", "image.resize2d")
 # operators whose layout rule follows a 4-D NCHW -> NHWC change correctly (each checked against
 # ONNX Runtime in tests/test_layout.py); the conv itself is what is converted
 FOLLOWERS = frozenset("relax." + n for n in ("nn.conv2d", *_UNARY, *_BINARY, *_POOLS,
@@ -117,11 +117,13 @@ def _clip_as_clamps(call):
 
 def _tensor_ranks(expr) -> list[int]:
     """Ranks of the tensors ``expr`` carries (a tuple's fields, -1 for a field that is not a
-    tensor); none for shapes and other non-tensor values."""
+    tensor beside one that is); none for shapes, tuples of values and other non-tensors."""
     from tvm import relax
 
     ty = getattr(expr, "ty", None)
     if isinstance(ty, relax.TupleType):
+        if not any(isinstance(f, relax.TensorType) for f in ty.fields):
+            return []  # strided_slice's axes, begins and ends: values, not tensors
         return [f.ndim if isinstance(f, relax.TensorType) else -1 for f in ty.fields]
     return [ty.ndim] if isinstance(ty, relax.TensorType) else []
 
@@ -216,7 +218,8 @@ def convert_function(func, name: str):
         report(f"{NAME}: function '{name}' kept NCHW (TVM's ConvertLayout failed: "
                f"{_last_line(e)})")
         return func
-    return pads_through_transposes(restore_hidden(converted, hidden))
+    restored = pads_through_transposes(restore_hidden(converted, hidden))
+    return sink_nchw_transposes(restored)
 
 
 def pads_through_transposes(func):
@@ -243,6 +246,130 @@ def pads_through_transposes(func):
                                pad_value=float(a.pad_value))
 
     return rewrite_call(outer, rewrite, func)
+
+
+def _ints(values) -> list[int] | None:
+    """``values`` (a shape or an axes attribute) as ints, or None where one is symbolic."""
+    try:
+        return [int(v) for v in values]
+    except TypeError:
+        return None
+
+
+_TO_NCHW = [0, 3, 1, 2]
+
+
+def sink_nchw_transposes(func):
+    """Move the transposes back to NCHW that ``ConvertLayout`` leaves before ops it has no rule
+    for (or whose rule followed such an op's NCHW output) down past the ops that can take the
+    tensor channels-last as well, so that they meet the transpose back to NHWC before the next
+    conv and both vanish. With ``t(y) = permute_dims(y, [0, 3, 1, 2])``:
+
+    - ``strided_slice(t(y), axes)`` becomes ``t(strided_slice(y, axes mapped to NHWC))``;
+    - ``concat([t(y1), t(y2), ...], axis)`` becomes ``t(concat([y1, y2, ...], NHWC axis))``;
+    - a channel shuffle (ShuffleNet's ``reshape`` to ``[N, g, C/g, H, W]``, swap of the two
+      group axes, ``reshape`` back) of ``t(y)`` becomes the same shuffle of ``y`` done
+      channels-last (``[N, H, W, g, C/g]``, swap of the last two), followed by ``t``;
+    - ``permute_dims(permute_dims(y, p), q)`` becomes ``y`` where ``q`` undoes ``p``, and one
+      ``permute_dims`` of ``y`` otherwise.
+
+    Every rewrite is exact; none adds a transpose, so the IR never gets slower for lack of a
+    partner further down."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class Sinker(PyExprMutator):
+        def _permuted(self, expr):
+            """``(y, axes)`` if ``expr`` is bound to ``permute_dims(y, axes)`` with known
+            axes, else None."""
+            value = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+            if not isinstance(value, relax.Call) or getattr(value.op, "name", "") != \
+                    "relax.permute_dims" or value.attrs.axes is None:
+                return None
+            axes = _ints(value.attrs.axes)
+            return None if axes is None else (value.args[0], axes)
+
+        def _nchw_of(self, expr):
+            """``y`` if ``expr`` is ``permute_dims(y, [0, 3, 1, 2])`` of a 4-D ``y``."""
+            found = self._permuted(expr)
+            return found[0] if found is not None and found[1] == _TO_NCHW else None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            name = getattr(call.op, "name", "")
+            if name == "relax.permute_dims":
+                return self._compose(call)
+            if name == "relax.strided_slice":
+                return self._slice(call)
+            if name == "relax.concat":
+                return self._concat(call)
+            if name == "relax.reshape":
+                return self._shuffle(call)
+            return call
+
+        def _compose(self, call):
+            inner = self._permuted(call.args[0])
+            outer = _ints(call.attrs.axes) if call.attrs.axes is not None else None
+            if inner is None or outer is None or len(inner[1]) != len(outer):
+                return call
+            y, p = inner
+            axes = [p[j] for j in outer]  # the outer's dim j is the inner's q[j]: y's p[q[j]]
+            return y if axes == list(range(len(axes))) else relax.op.permute_dims(y, axes)
+
+        def _slice(self, call):
+            y = self._nchw_of(call.args[0])
+            fields = [getattr(a, "fields", None) for a in call.args[1:]]
+            if y is None or any(f is None for f in fields):
+                return call  # begins or ends given as a tensor, not as values
+            axes = _ints(fields[0])
+            if axes is None:
+                return call
+            moved = [_TO_NCHW[a % 4] for a in axes]
+            strides = list(fields[3]) if len(fields) > 3 else None
+            inner = self.builder_.emit(relax.op.strided_slice(
+                y, moved, list(fields[1]), list(fields[2]), strides,
+                assume_inbound=bool(call.attrs.assume_inbound)))
+            return relax.op.permute_dims(inner, _TO_NCHW)
+
+        def _concat(self, call):
+            fields = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else []
+            ys = [self._nchw_of(f) for f in fields]
+            if not ys or any(y is None for y in ys) or call.attrs.axis is None:
+                return call
+            axis = _TO_NCHW[int(call.attrs.axis) % 4]
+            inner = self.builder_.emit(relax.op.concat(ys, axis=axis))
+            return relax.op.permute_dims(inner, _TO_NCHW)
+
+        def _shuffle(self, call):
+            swap = self._permuted(call.args[0])
+            if swap is None or swap[1] != [0, 2, 1, 3, 4]:
+                return call
+            split = self.lookup_binding(swap[0]) if isinstance(swap[0], relax.Var) else None
+            if not isinstance(split, relax.Call) or getattr(split.op, "name", "") != \
+                    "relax.reshape":
+                return call
+            y = self._nchw_of(split.args[0])
+            nchw = _shape(split.args[0])
+            parts, out = _shape(split), _shape(call)
+            if y is None or nchw is None or parts is None or out != nchw or len(nchw) != 4:
+                return call
+            n, c, h, w = nchw
+            if len(parts) != 5 or parts[0] != n or parts[1] * parts[2] != c or parts[3:] != [h, w]:
+                return call
+            g = parts[1]
+            grouped = self.builder_.emit(relax.op.reshape(y, [n, h, w, g, c // g]))
+            swapped = self.builder_.emit(relax.op.permute_dims(grouped, [0, 1, 2, 4, 3]))
+            merged = self.builder_.emit(relax.op.reshape(swapped, [n, h, w, c]))
+            return relax.op.permute_dims(merged, _TO_NCHW)
+
+    return relax.analysis.remove_all_unused(Sinker().visit_expr(func))
+
+
+def _shape(expr) -> list[int] | None:
+    ty = getattr(expr, "ty", None)
+    shape = getattr(ty, "shape", None)
+    return None if shape is None else _ints(shape)
 
 
 def _last_line(e: BaseException) -> str:

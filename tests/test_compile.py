@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from conftest import make_conv_model, make_two_output_model, ort_run, rel_err
 
 import edgecc
@@ -364,3 +365,60 @@ def test_every_pass_is_pure(target, pipeline):
         out = apply(mod, [name], target=tgt)
         assert mod.script() == before, f"{name} changed its input module"
         mod = out
+
+
+def _dense_layer_model():
+    """DenseNet's pre-activation layer: concat -> BatchNorm -> ReLU -> conv, the BN after no
+    conv (so it cannot be folded into weights), over 32 channels; the concat also feeds the
+    next concat (as in a dense block), so it is a kernel of its own."""
+    rng = np.random.default_rng(3)
+    c = lambda a, n: numpy_helper.from_array(a.astype(np.float32), n)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "x"], ["cat"], axis=1),
+             helper.make_node("BatchNormalization", ["cat", "g", "b", "m", "v"], ["bn"],
+                              epsilon=1e-3),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("Conv", ["r", "w1"], ["c1"]),
+             helper.make_node("Concat", ["cat", "c1"], ["y"], axis=1)]
+    inits = [c(rng.standard_normal((16, 16, 3, 3)) * 0.2, "w0"),
+             c(rng.uniform(0.5, 1.5, 32), "g"), c(rng.standard_normal(32), "b"),
+             c(rng.standard_normal(32), "m"), c(rng.uniform(0.5, 2, 32), "v"),
+             c(rng.standard_normal((16, 32, 1, 1)) * 0.2, "w1")]
+    graph = helper.make_graph(nodes, "dense", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_batch_norm_after_no_conv_is_one_multiply_add_fused_with_its_relu(tmp_path):
+    model = _dense_layer_model()
+    imported = frontend.import_onnx(model, raw=b"", name="m", input_shapes={})
+    names = PIPELINES["cpu-default"]
+    mod = apply(imported.mod, names[: names.index("fuse") + 1], target=get_target("x86_64"))
+    kernels = sorted(re.sub(r"\d+$", "", gv.name_hint) for gv, f in mod.functions.items()
+                     if type(f).__name__ == "PrimFunc")
+    assert "fused_multiply_add_relu" in kernels, kernels
+    assert not any("divide" in k or "subtract" in k or k == "relu" for k in kernels), kernels
+    edgecc.compile(model, output=tmp_path / "o", use_cache=False, isa_variants=False)
+    x = np.random.default_rng(4).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    got = edgecc.load(tmp_path / "o").run({"x": x})["y"]
+    assert rel_err(got, ort_run(model, {"x": x})[0]) <= 1e-5
+
+
+def test_per_channel_elementwise_kernels_are_vectorized_along_the_channels():
+    """channels-last BN-ReLU over 32 channels on AVX-512: the pixels in parallel, the channels
+    in 16-lane vectors (MetaSchedule's schedule vectorizes 64 elements of the fused loop, which
+    straddle pixels once the channel count is not a multiple of 64). The concat (fused with
+    the input's transpose) reads across the vector: it keeps MetaSchedule's schedule."""
+    imported = frontend.import_onnx(_dense_layer_model(), raw=b"", name="m", input_shapes={})
+    names = PIPELINES["cpu-default"]
+    mod = apply(imported.mod, names[: names.index("cpu-schedule") + 1],
+                target=get_target("x86_64-avx512"))
+    funcs = {re.sub(r"\d+$", "", gv.name_hint): f for gv, f in mod.functions.items()
+             if type(f).__name__ == "PrimFunc"}
+    bn = funcs["fused_multiply_add_relu"].script()
+    assert re.search(r"T\.parallel\(T\.int64\(64\)\)", bn), bn  # 8 x 8 pixels
+    assert re.search(r"range\(T\.int64\(2\)\)", bn) and "T.vectorized(T.int64(16))" in bn, bn
+    assert "T.vectorized(T.int64(16))" not in funcs["fused_transpose_concatenate"].script()

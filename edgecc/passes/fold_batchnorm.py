@@ -3,6 +3,11 @@
 conv2d(x, W) [+ b] -> batch_norm(gamma, beta, mean, var) becomes conv2d(x, W * s) + (b - mean) * s
 + beta with s = gamma / sqrt(var + eps), all constants, so no batch-norm arithmetic is left at
 run time (DecomposeOpsForInference alone leaves four elementwise ops after every conv).
+
+A batch norm that follows no conv (DenseNet's and pre-activation ResNets' BN-ReLU before each
+conv) becomes ``x * s + (beta - mean * s)``: one multiply-add that the ReLU after it fuses
+with. TVM's own lowering computes a subtract, a divide, a multiply and an add, and returns a
+tuple (the output and the running statistics) that keeps the ReLU in a kernel of its own.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 NAME = "fold-batchnorm"
 OPTIONAL = True  # an optimization: a model compiles without it
 DESCRIPTION = ("Fold BatchNormalization into the preceding Conv's weights and bias (inference): "
-               "no batch-norm arithmetic left at run time.")
+               "no batch-norm arithmetic left at run time; one after no conv becomes one "
+               "multiply-add.")
 
 
 def run(mod, *, target):
@@ -40,8 +46,34 @@ def run(mod, *, target):
         out = relax.Call(conv_call.op, (m[x], weight), attrs)
         return relax.op.add(out, relax.op.reshape(shift, (1, channels, 1, 1)))
 
+    y = wildcard()
+    alone = is_op("relax.nn.batch_norm")(y, gamma, beta, mean, var)
+    alone_out = TupleGetItemPattern(alone, 0)
+
+    def scale_shift(expr, m):
+        """``batch_norm(y)[0]`` as ``y * s + (beta - mean * s)``, ``s`` and the shift shaped
+        to broadcast along the norm's axis."""
+        a = m[alone].attrs
+        ty = m[y].ty
+        if bool(a["training"]) or not isinstance(ty, relax.TensorType) or ty.ndim < 2:
+            return expr
+        axis = int(a["axis"]) % ty.ndim
+        channels = m[gamma].ty.shape[0]
+        eps = relax.prim_value(tirx.FloatImm("float32", a["epsilon"]))
+        scale = relax.op.sqrt(relax.op.add(m[var], eps))
+        scale = relax.op.divide(m[gamma], scale) if bool(a["scale"]) else \
+            relax.op.divide(relax.const(1.0, str(ty.dtype)), scale)
+        shift = relax.op.negative(relax.op.multiply(m[mean], scale))
+        if bool(a["center"]):
+            shift = relax.op.add(m[beta], shift)
+        shape = [1] * ty.ndim
+        shape[axis] = channels
+        return relax.op.add(relax.op.multiply(m[y], relax.op.reshape(scale, shape)),
+                            relax.op.reshape(shift, shape))
+
     out = mod.clone()  # passes are pure: the caller's module is left as it was
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            out[gv] = rewrite_call(pattern, rewriter, func)
+            folded = rewrite_call(pattern, rewriter, func)
+            out[gv] = rewrite_call(alone_out, scale_shift, folded)
     return out

@@ -197,7 +197,34 @@ def shuffle_units():
     return _model(nodes, inits, [X], [_vi("y", [1, 8, 8, 8])], "units")
 
 
+def up_and_skip():
+    """U-Net's decoder step: a 2x2 stride-2 ConvTranspose (+ bias, ReLU, a scale by 0.5) of
+    the bottleneck, concatenated with the skip connection, then a conv."""
+    nodes = [h.make_node("Conv", ["x", "w1"], ["skip"], pads=[1, 1, 1, 1]),
+             h.make_node("MaxPool", ["skip"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Conv", ["p", "w2"], ["bott"], pads=[1, 1, 1, 1]),
+             h.make_node("ConvTranspose", ["bott", "wt", "bt"], ["up"], kernel_shape=[2, 2],
+                         strides=[2, 2]),
+             h.make_node("Relu", ["up"], ["ur"]),
+             h.make_node("Mul", ["ur", "half"], ["us"]),
+             h.make_node("Concat", ["us", "skip"], ["cat"], axis=1),
+             h.make_node("Conv", ["cat", "w3"], ["y"])]
+    inits = [_w("w1", (8, 4, 3, 3)), _w("w2", (16, 8, 3, 3)), _w("wt", (16, 6, 2, 2)),
+             _w("bt", (6,)), nh.from_array(np.array(0.5, np.float32), "half"),
+             _w("w3", (4, 14, 1, 1))]
+    return _model(nodes, inits, [X], [_vi("y", [1, 4, 8, 8])], "unet_step")
+
+
 CASES["five_d_reshape_and_slices"] = five_d_reshape_and_slices
+CASES["up_and_skip"] = up_and_skip
+
+
+def test_a_2x2_transposed_conv_runs_channels_last_as_a_conv_and_depth_to_space():
+    ir = _after_layout(up_and_skip())
+    assert "conv2d_transpose" not in ir and ir.count('data_layout="NHWC"') == 4
+    # the input's, the output's and the depth-to-space's own (rows of 2x2 blocks)
+    assert ir.count("R.permute_dims") == 3 and "axes=[0, 1, 3, 2, 4, 5]" in ir
+    assert "R.Tensor((1, 4, 4, 24)" in ir  # the 1x1 conv: 4 x 6 channels per input pixel
 CASES["shuffle_units"] = shuffle_units
 
 

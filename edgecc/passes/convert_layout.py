@@ -17,6 +17,8 @@ turned back into ``R.maximum`` / ``R.minimum`` first, so the conv chain stays NH
 
 from __future__ import annotations
 
+import numpy as np
+
 from .fallback import report
 from .rewrite import each_function
 
@@ -257,6 +259,16 @@ def _ints(values) -> list[int] | None:
 
 
 _TO_NCHW = [0, 3, 1, 2]
+_TO_NHWC = [0, 2, 3, 1]
+_SINK_UNARY = frozenset("relax." + n for n in _UNARY if n not in ("clip", "astype"))
+_SINK_BINARY = frozenset("relax." + n for n in _BINARY)
+
+
+def _t(expr):
+    """``permute_dims(expr, [0, 3, 1, 2])``: channels-last back to NCHW."""
+    from tvm import relax
+
+    return relax.op.permute_dims(expr, _TO_NCHW)
 
 
 def sink_nchw_transposes(func):
@@ -270,12 +282,19 @@ def sink_nchw_transposes(func):
     - a channel shuffle (ShuffleNet's ``reshape`` to ``[N, g, C/g, H, W]``, swap of the two
       group axes, ``reshape`` back) of ``t(y)`` becomes the same shuffle of ``y`` done
       channels-last (``[N, H, W, g, C/g]``, swap of the last two), followed by ``t``;
+    - elementwise unary ops of ``t(y)``, and binary ones of ``t(y)`` and a scalar, a 4-D
+      constant (transposed with it) or another ``t(...)``, run on ``y`` and are followed by
+      ``t``;
+    - a 2x2 stride-2 transposed conv of ``t(y)`` (U-Net's up-sampling; TVM lowers transposed
+      convs in NCHW only) becomes a channels-last 1x1 conv to 4 x O channels and a
+      depth-to-space, followed by ``t``;
     - ``permute_dims(permute_dims(y, p), q)`` becomes ``y`` where ``q`` undoes ``p``, and one
       ``permute_dims`` of ``y`` otherwise.
 
-    Every rewrite is exact; none adds a transpose, so the IR never gets slower for lack of a
-    partner further down."""
+    Every rewrite is exact and moves a transpose rather than adding one: one that other ops
+    still use stays for them, and the moved one then transposes only what the op made."""
     from tvm import relax
+    from tvm.ir.expr import GenericConst
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
@@ -306,7 +325,63 @@ def sink_nchw_transposes(func):
                 return self._concat(call)
             if name == "relax.reshape":
                 return self._shuffle(call)
+            if name == "relax.nn.conv2d_transpose":
+                return self._up_conv(call)
+            if name in _SINK_UNARY and len(call.args) == 1:
+                y = self._nchw_of(call.args[0])
+                return call if y is None else _t(self.builder_.emit(
+                    relax.Call(call.op, [y], call.attrs)))
+            if name in _SINK_BINARY and len(call.args) == 2:
+                return self._binary(call)
             return call
+
+        def _binary(self, call):
+            """``op(t(a), t(b))``, ``op(t(a), c)`` or ``op(c, t(b))`` with ``c`` a scalar or a
+            4-D constant: the op on the channels-last tensors (``c`` transposed too)."""
+            args = []
+            for arg in call.args:
+                y = self._nchw_of(arg)
+                ty = getattr(arg, "ty", None)
+                if y is not None:
+                    args.append(y)
+                elif isinstance(arg, GenericConst) and ty.ndim == 0:
+                    args.append(arg)
+                elif isinstance(arg, GenericConst) and ty.ndim == 4:
+                    args.append(relax.const(np.transpose(arg.value.numpy(), _TO_NHWC),
+                                            str(ty.dtype)))
+                else:
+                    return call
+            if all(a is b for a, b in zip(args, call.args)):
+                return call  # no operand was transposed
+            return _t(self.builder_.emit(relax.Call(call.op, args, call.attrs)))
+
+        def _up_conv(self, call):
+            """A 2x2 stride-2 transposed conv (U-Net's up-sampling) of ``t(y)``: each input pixel
+            makes a 2x2 block of outputs that overlap no other's, so it is a 1x1 conv of ``y``
+            to 4 x O channels (ordered row, column, channel) followed by depth-to-space, all
+            channels-last: ``out[n, 2h+i, 2w+j, o] = z[n, h, w, i, j, o]``."""
+            y = self._nchw_of(call.args[0])
+            a = call.attrs
+            weight = call.args[1]
+            if (y is None or not isinstance(weight, GenericConst)
+                    or _ints(a.strides) != [2, 2] or _ints(a.padding) != [0, 0, 0, 0]
+                    or _ints(a.output_padding) != [0, 0] or _ints(a.dilation) != [1, 1]
+                    or int(a.groups) != 1 or a.data_layout != "NCHW"
+                    or a.kernel_layout != "IOHW" or a.out_layout != "NCHW"
+                    or str(a.out_dtype) not in ("None", "", "void", str(weight.ty.dtype))):
+                return call
+            w = weight.value.numpy()  # (C, O, 2, 2)
+            if w.ndim != 4 or w.shape[2:] != (2, 2) or _shape(y) is None:
+                return call
+            c, o = w.shape[:2]
+            n, h, wd, _ = _shape(y)
+            packed = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(4 * o, 1, 1, c))
+            z = self.builder_.emit(relax.op.nn.conv2d(
+                y, relax.const(packed, str(weight.ty.dtype)), data_layout="NHWC",
+                kernel_layout="OHWI", out_layout="NHWC"))
+            blocks = self.builder_.emit(relax.op.reshape(z, [n, h, wd, 2, 2, o]))
+            rows = self.builder_.emit(relax.op.permute_dims(blocks, [0, 1, 3, 2, 4, 5]))
+            return _t(self.builder_.emit(relax.op.reshape(rows, [n, 2 * h, 2 * wd, o])))
 
         def _compose(self, call):
             inner = self._permuted(call.args[0])

@@ -422,3 +422,26 @@ def test_per_channel_elementwise_kernels_are_vectorized_along_the_channels():
     assert re.search(r"T\.parallel\(T\.int64\(64\)\)", bn), bn  # 8 x 8 pixels
     assert re.search(r"range\(T\.int64\(2\)\)", bn) and "T.vectorized(T.int64(16))" in bn, bn
     assert "T.vectorized(T.int64(16))" not in funcs["fused_transpose_concatenate"].script()
+
+
+def test_softmax_rows_that_are_no_multiple_of_the_vector_width_are_vectorized_whole(tmp_path):
+    """ViT's 197-token attention rows: the exp and the divide read the row's max and sum once
+    per row. Each row runs as one vector (LLVM splits it into whole vectors and a tail), the
+    rows in parallel; MetaSchedule's 64-element chunks of the fused loop straddle rows."""
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "s",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 37, 37])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 37, 37])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    imported = frontend.import_onnx(model, raw=b"", name="m", input_shapes={})
+    names = PIPELINES["cpu-default"]
+    mod = apply(imported.mod, names[: names.index("cpu-schedule") + 1],
+                target=get_target("x86_64-avx512"))
+    funcs = {re.sub(r"\d+$", "", gv.name_hint): f.script() for gv, f in mod.functions.items()
+             if type(f).__name__ == "PrimFunc"}
+    for name in ("fused_subtract_fast_exp", "divide"):
+        assert "T.parallel(T.int64(111))" in funcs[name], funcs[name]  # 3 x 37 rows
+        assert "T.vectorized(T.int64(37))" in funcs[name], funcs[name]
+    edgecc.compile(model, output=tmp_path / "o", use_cache=False)  # runs on any x86-64
+    x = np.random.default_rng(5).standard_normal((3, 37, 37)).astype(np.float32) * 4
+    assert rel_err(load(tmp_path / "o").run({"x": x})["y"], ort_run(model, {"x": x})[0]) <= 1e-5

@@ -12,6 +12,9 @@ DESCRIPTION = ("Default CPU schedules for kernels that have no tuned record: dli
 # schedule): outer loops fused and parallel up to this many iterations, the innermost vectorized.
 MAX_PARALLEL_EXTENT = 64
 MAX_VECTORIZE_EXTENT = 64
+# a channel (or row) loop that is no multiple of the vector width is vectorized whole up to this
+# extent (ViT's 197-token softmax rows): LLVM splits it into whole vectors and a tail
+MAX_WHOLE_VECTOR = 256
 
 
 def run(mod, *, target):
@@ -128,7 +131,8 @@ def _vectorize_channels(sch, block, target) -> bool:
     bits = np.dtype(dtype).itemsize * 8 if dtype in ("float32", "float16", "int32",
                                                      "int8", "uint8") else 0
     lanes = vector_bits(target) // bits if bits else 0
-    if not lanes or extent is None or extent < lanes or extent % lanes:
+    if not lanes or extent is None or extent < lanes or (extent % lanes and
+                                                         extent > MAX_WHOLE_VECTOR):
         return False
     for region in [*b.reads, *b.writes]:
         if not region.region:
@@ -144,8 +148,10 @@ def _vectorize_channels(sch, block, target) -> bool:
         return False
     if len(loops) > 1:
         sch.parallel(sch.fuse(*loops[:-1]))
-    _, inner = sch.split(loops[-1], [None, lanes])
-    sch.vectorize(inner)
+    if extent % lanes:  # one vector of the whole row: LLVM splits it into whole vectors + a tail
+        sch.vectorize(loops[-1])
+    else:
+        sch.vectorize(sch.split(loops[-1], [None, lanes])[1])
     return True
 
 
